@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make train` (the main job) and `make test`.
+# An active virtualenv or conda environment is used as it is; otherwise .venv is created with pip.
+SHELL := /bin/bash
+ACTIVE_ENV := $(or $(VIRTUAL_ENV),$(CONDA_PREFIX))
+ifeq ($(ACTIVE_ENV),)
+  VENV := .venv
+  PY := $(VENV)/bin/python
+else
+  VENV := $(ACTIVE_ENV)
+  PY := python
+endif
+STAMP := $(VENV)/.ccmix-installed
+PYTHON_FOR_VENV ?= python3
+PRESET ?=
+PAPERMILL_ARGS ?=
+
+.PHONY: setup train test lab lint clean-runs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+ifeq ($(ACTIVE_ENV),)
+	test -x $(PY) || $(PYTHON_FOR_VENV) -m venv $(VENV)
+endif
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+# The main job: the training notebook with its default preset, executed headless into papermill_runs/.
+train: setup
+	mkdir -p papermill_runs
+	$(PY) -m papermill --kernel python3 notebooks/train.ipynb papermill_runs/train-$$(date +%Y%m%d-%H%M%S).ipynb $(PAPERMILL_ARGS)
+
+test: setup lint
+	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m ruff check ccmix tests benchmarks notebooks
+
+lab: setup
+	$(PY) -m jupyter lab notebooks
+
+clean-runs:
+	find papermill_runs -mindepth 1 ! -name README.md -exec rm -rf {} +
