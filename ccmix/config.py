@@ -142,7 +142,9 @@ class TrainConfig:
             return self.synthetic_classes
         if self.dataset == "folder":
             train_dir = os.path.join(self.data_root, "train")
-            return len([d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d))])
+            # hidden folders (.ipynb_checkpoints and the like) are not classes, as in the folder dataset
+            return len([d for d in os.listdir(train_dir)
+                        if not d.startswith(".") and os.path.isdir(os.path.join(train_dir, d))])
         return FIXED_NUM_CLASSES[self.dataset]
 
     @property

@@ -1,0 +1,157 @@
+"""The classic training pipeline: per-sample PIL views built in DataLoader workers.
+
+Each training item of Contrastive CutMix (Pan et al., "Enhanced Long-Tailed
+Recognition with Contrastive CutMix Augmentation", IEEE TIP 2024) is a pair (a, b) of
+a background image, drawn instance-uniformly, and a foreground image, drawn
+class-balanced. The background gets its classification view (view 0) and, for methods
+with the balanced contrastive loss (Zhu et al., CVPR 2022), two contrastive views; the
+foreground only its view 0 and only when the method uses CutMix (Yun et al., ICCV
+2019). Views that the method never uses are never computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+
+from ccmix.config import TrainConfig
+from ccmix.data.streams import epoch_generator, mix_seed, sample_epoch_indices
+from ccmix.data.views import classification_view, contrastive_view
+
+
+class PairViews(torch.utils.data.Dataset):
+    """Wraps a training set: item ``(a, b)`` is the dict of views of background a and foreground b.
+
+    The dict holds "view0" (3, H, W) float32 and "label" (int); "contrastive" (2, 3, H, W)
+    when a contrastive transform is given; "foreground" (3, H, W) and "foreground_label"
+    when ``b`` is not None. Each image is decoded once per item.
+    """
+
+    def __init__(self, train, view0: Callable, contrastive: Callable | None):
+        self.train = train
+        self.view0 = view0
+        self.contrastive = contrastive
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+    def __getitem__(self, pair: tuple[int, int | None]) -> dict:
+        """Return the views of the pair ``(background index, foreground index or None)``."""
+        a, b = pair
+        background = self.train.load_image(a)
+        item = {"view0": self.view0(background), "label": self.train.targets[a]}
+        if self.contrastive is not None:
+            item["contrastive"] = torch.stack([self.contrastive(background), self.contrastive(background)])
+        if b is not None:
+            item["foreground"] = self.view0(self.train.load_image(b))
+            item["foreground_label"] = self.train.targets[b]
+        return item
+
+
+def collate_views(items: list[dict]) -> dict:
+    """Return the batch dict of stacked views: present parts stacked, absent parts None; labels int64."""
+    first = items[0]
+    batch = {
+        "view0": torch.stack([it["view0"] for it in items]),
+        "contrastive": torch.stack([it["contrastive"] for it in items]) if "contrastive" in first else None,
+        "labels": torch.tensor([it["label"] for it in items], dtype=torch.int64),
+        "foreground": torch.stack([it["foreground"] for it in items]) if "foreground" in first else None,
+        "foreground_labels": (
+            torch.tensor([it["foreground_label"] for it in items], dtype=torch.int64) if "foreground" in first else None
+        ),
+    }
+    return batch
+
+
+def steps_for(num_images: int, batch_size: int, max_steps: int | None) -> int:
+    """Return the number of steps of an epoch: full batches (at least one), capped by ``max_steps``."""
+    steps = max(1, num_images // batch_size)
+    return min(steps, max_steps) if max_steps is not None else steps
+
+
+class ClassicTrainPipeline:
+    """Per-sample torchvision views in ``num_workers`` DataLoader workers, batches moved to ``device``.
+
+    ``batches(epoch, rank, world_size)`` yields dicts with "view0" (b, 3, H, W),
+    "contrastive" (b, 2, 3, H, W) or None, "labels" (b,), "foreground" (b, 3, H, W) or
+    None and "foreground_labels" (b,) or None, where b is the rank's share of the global
+    batch (columns ``rank::world_size``). Indices come from ``epoch_generator(seed, epoch)``;
+    augmentation randomness from a seed drawn after them, mixed with the rank.
+    """
+
+    def __init__(self, train, config: TrainConfig, device: torch.device | str = "cpu"):
+        self.train = train
+        self.config = config
+        self.device = torch.device(device)
+        recipe = config.resolved_view_recipe
+        self.view0 = classification_view(recipe, config.dataset)
+        self.contrastive = contrastive_view(recipe, config.dataset) if config.uses_contrastive else None
+        self.need_foreground = config.uses_cutmix
+        self.items = PairViews(train, self.view0, self.contrastive)
+        self.steps_per_epoch: int = steps_for(len(train), config.batch_size, config.max_steps_per_epoch)
+
+    def epoch_plan(self, epoch: int, rank: int = 0, world_size: int = 1) -> tuple[list[list[tuple]], int]:
+        """Return (per-step lists of (background, foreground or None) pairs for ``rank``, augmentation seed)."""
+        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+            raise ValueError(f"rank={rank!r}, world_size={world_size!r} are not accepted; need 0 <= rank < world_size")
+        generator = epoch_generator(self.config.seed, epoch)
+        background, foreground = sample_epoch_indices(
+            self.train.targets, self.train.num_classes, self.config.batch_size, self.config.foreground_sampler,
+            generator, need_foreground=self.need_foreground,
+        )
+        augment_seed = mix_seed(int(torch.randint(0, 2**62, (1,), generator=generator)), rank)
+        background = background[: self.steps_per_epoch, rank::world_size].tolist()
+        if foreground is None:
+            plan = [[(a, None) for a in row] for row in background]
+        else:
+            foreground = foreground[: self.steps_per_epoch, rank::world_size].tolist()
+            plan = [list(zip(row_a, row_b)) for row_a, row_b in zip(background, foreground)]
+        return [row for row in plan if row], augment_seed
+
+    def batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
+        """Yield the ``steps_per_epoch`` batch dicts of ``epoch`` for ``rank``, already on the device."""
+        plan, augment_seed = self.epoch_plan(epoch, rank, world_size)
+        num_workers = self.config.num_workers
+        loader = torch.utils.data.DataLoader(
+            self.items,
+            batch_sampler=plan,
+            num_workers=num_workers,
+            collate_fn=collate_views,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            generator=torch.Generator().manual_seed(augment_seed),  # worker i is seeded base_seed + i
+        )
+        if num_workers == 0:
+            # Without workers the views draw from torch's global generator in this process.
+            torch.manual_seed(augment_seed)
+        batches = iter(loader)
+        while True:
+            with _one_thread_when(num_workers == 0):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            yield {key: (value.to(self.device, non_blocking=True) if value is not None else None)
+                   for key, value in batch.items()}
+
+
+@contextlib.contextmanager
+def _one_thread_when(active: bool):
+    """Run the block with one intra-op thread when ``active`` (as DataLoader workers do), then restore.
+
+    Per-sample ops on small images gain nothing from intra-op threads and lose much to
+    their synchronisation, especially on a busy machine.
+    """
+    if not active:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+__all__ = ["PairViews", "collate_views", "steps_for", "ClassicTrainPipeline"]
