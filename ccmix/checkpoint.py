@@ -1,0 +1,255 @@
+"""Checkpoints as plain data: atomic saves, ``weights_only`` loads, checksums, clear errors.
+
+A checkpoint of a Contrastive CutMix run (Pan et al., "Enhanced Long-Tailed
+Recognition with Contrastive CutMix Augmentation", IEEE TIP 2024) is a dict of
+tensors, numbers, strings, lists and dicts: model, optimizer (momentum buffers),
+epoch, best metrics, metric history and every random state. There is no
+scheduler state to keep: the learning rate is a pure function of the epoch
+(``ccmix.engine.learning_rate``).
+
+Files are always loaded with ``torch.load(..., weights_only=True)``, so a file
+carrying a pickled object that would run code is refused before anything in it
+runs. Each checkpoint also stores a SHA-256 digest of its own content, so a
+damaged file that still unpickles (flipped or zeroed bytes inside a tensor) is
+reported instead of silently resuming from wrong weights.
+
+Saving writes the new file completely to a temporary sibling first; only then is
+the old ``last.pt`` renamed to ``previous.pt`` and the new file renamed into
+place. A process killed at any moment therefore leaves a complete ``last.pt`` or,
+for the instant between the two renames, a complete ``previous.pt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+from ccmix.io import atomic_write
+
+FORMAT = "ccmix.checkpoint/1"
+LAST = "last.pt"
+PREVIOUS = "previous.pt"
+BEST = "best.pt"
+DAMAGED_SUFFIX = ".damaged"  # a damaged last.pt is set aside under this suffix once an older one is used
+REQUIRED_KEYS = ("config", "epoch", "num_classes", "model")
+_DIGEST_KEY = "digest"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and what is wrong."""
+
+
+class CheckpointWarning(UserWarning):
+    """A damaged or missing checkpoint was skipped in favour of an older, readable one."""
+
+
+# --------------------------------------------------------------------------- content digest
+
+
+def content_digest(payload: dict) -> str:
+    """Return the SHA-256 hex digest of a checkpoint payload's content (tensor bytes, shapes, dtypes, values).
+
+    The ``digest`` entry itself is left out; dict order counts (it survives saving and loading).
+    """
+    hasher = hashlib.sha256()
+    _feed(hasher, {key: value for key, value in payload.items() if key != _DIGEST_KEY})
+    return hasher.hexdigest()
+
+
+def _feed(hasher, value) -> None:
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().to("cpu").contiguous().reshape(-1)
+        hasher.update(f"T{flat.dtype}{tuple(value.shape)}|".encode())
+        hasher.update(flat.view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        hasher.update(f"D{len(value)}|".encode())
+        for key, item in value.items():
+            _feed(hasher, key)
+            _feed(hasher, item)
+    elif isinstance(value, (list, tuple)):
+        hasher.update(f"{'L' if isinstance(value, list) else 'U'}{len(value)}|".encode())
+        for item in value:
+            _feed(hasher, item)
+    else:  # str, int, float, bool, None: repr is exact (floats round-trip)
+        hasher.update(f"{type(value).__name__}:{value!r}|".encode())
+
+
+# --------------------------------------------------------------------------- save
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict, keep_previous: bool = False) -> Path:
+    """Return ``path`` after saving ``payload`` atomically; ``keep_previous`` keeps the old file as previous.pt.
+
+    The new file is complete on disk before the old one is renamed to previous.pt, so a
+    readable checkpoint exists at every instant.
+    """
+    target = Path(path)
+    data = dict(payload, format=FORMAT)
+    data.pop(_DIGEST_KEY, None)
+    data[_DIGEST_KEY] = content_digest(data)
+
+    def keep_old_as_previous() -> None:
+        if keep_previous and target.exists():
+            os.replace(target, target.with_name(PREVIOUS))
+
+    return atomic_write(target, lambda handle: torch.save(data, handle), before_replace=keep_old_as_previous)
+
+
+# --------------------------------------------------------------------------- load
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Return the checkpoint dict at ``path``, loaded as data only; CheckpointError when it is unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    size = path.stat().st_size
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if refused:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} was refused: it holds a pickled object that is not plain data "
+                f"({refused.group(1)}) and loading it could run code, so nothing in it was run; "
+                "load only checkpoints that ccmix wrote"
+            ) from None
+        raise CheckpointError(_damaged_sentence(path, size, error)) from None
+    except Exception as error:  # torch raises RuntimeError, EOFError, OSError, KeyError, ... on damaged files
+        raise CheckpointError(_damaged_sentence(path, size, error)) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a ccmix checkpoint (expected a dict with format {FORMAT!r})"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: it lacks {', '.join(missing)}")
+    if _DIGEST_KEY in payload and payload[_DIGEST_KEY] != content_digest(payload):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt: its content does not match the checksum saved with it "
+            "(the file was damaged after it was written)"
+        )
+    if torch.device(map_location if map_location is not None else "cpu").type != "cpu":
+        payload = _to_device(payload, torch.device(map_location))
+    return payload
+
+
+def _damaged_sentence(path: Path, size: int, error: Exception) -> str:
+    detail = str(error).strip()
+    if "Weights only load failed" in detail:  # garbage bytes read as a pickle: say what failed, not torch's advice
+        lines = [line.strip() for line in detail.splitlines() if "Unsupported" in line or "error" in line.lower()]
+        detail = lines[-1] if lines else ""
+    detail = detail.splitlines()[0].split(". ")[0].rstrip(".") if detail else "no detail"
+    return (
+        f"checkpoint {str(path)!r} is truncated or corrupt and cannot be read "
+        f"({size} bytes; {type(error).__name__}: {detail})"
+    )
+
+
+def _to_device(value, device: torch.device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: _to_device(item, device) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_to_device(item, device) for item in value]
+    return value
+
+
+def load_resume_checkpoint(run_dir: str | os.PathLike, map_location="cpu",
+                           set_aside_damaged: bool = False) -> tuple[dict, Path] | None:
+    """Return (payload, path) of the newest readable checkpoint in ``run_dir`` (last.pt, else previous.pt), or None.
+
+    A damaged or missing last.pt is reported with a CheckpointWarning naming the file and the
+    problem; with ``set_aside_damaged`` a damaged last.pt is renamed to last.pt.damaged so the
+    next save does not rotate it into previous.pt. CheckpointError when checkpoints exist but
+    none is readable.
+    """
+    run_dir = Path(run_dir)
+    problems: list[str] = []
+    damaged: list[Path] = []
+    for name in (LAST, PREVIOUS):
+        candidate = run_dir / name
+        if not candidate.exists():
+            if name == LAST and (run_dir / PREVIOUS).exists():
+                problems.append(f"checkpoint {str(candidate)!r} is missing (a save was interrupted)")
+            continue
+        try:
+            payload = load_checkpoint(candidate, map_location=map_location)
+        except CheckpointError as error:
+            problems.append(str(error))
+            damaged.append(candidate)
+            continue
+        if problems:
+            if set_aside_damaged:
+                for path in damaged:
+                    os.replace(path, path.with_name(path.name + DAMAGED_SUFFIX))
+            warnings.warn(
+                f"{'; '.join(problems)}; resuming from the previous good checkpoint {str(candidate)!r} "
+                f"(epoch {int(payload['epoch'])})", CheckpointWarning, stacklevel=2,
+            )
+        return payload, candidate
+    if problems:
+        raise CheckpointError(
+            f"no readable checkpoint in {str(run_dir)!r}: {'; '.join(problems)}; move the damaged files away to "
+            "train from scratch, or use another out_dir"
+        )
+    return None
+
+
+# --------------------------------------------------------------------------- model state
+
+
+def describe_model(config_dict: dict, num_classes: int) -> str:
+    """Return a short description such as ``resnet32 with 10 classes, feat_dim 128, linear classifier``."""
+    return (
+        f"{config_dict.get('arch')} with {num_classes} classes, feat_dim {config_dict.get('feat_dim')}, "
+        f"{config_dict.get('classifier')} classifier"
+    )
+
+
+def load_model_state(model: torch.nn.Module, payload: dict, path: str | os.PathLike, expected: str,
+                     num_classes: int | None = None, arch: str | None = None) -> None:
+    """Load ``payload['model']`` into ``model``; CheckpointError naming the mismatch when the model differs.
+
+    ``expected`` describes ``model`` (see describe_model); ``num_classes`` and ``arch``, when
+    given, let the message say which of the two differs.
+    """
+    state = payload["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: its model entry is not a dict of tensors")
+    own = model.state_dict()
+    saved = payload.get("model_description") or describe_model(payload.get("config", {}), payload.get("num_classes"))
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if not (missing or unexpected or mismatched):
+        model.load_state_dict(state)
+        return
+    reasons = []
+    saved_arch = payload.get("config", {}).get("arch")
+    if arch is not None and saved_arch is not None and saved_arch != arch:
+        reasons.append(f"the architecture differs ({saved_arch} in the checkpoint, {arch} here)")
+    saved_classes = payload.get("num_classes")
+    if num_classes is not None and saved_classes is not None and int(saved_classes) != int(num_classes):
+        reasons.append(f"the number of classes differs ({int(saved_classes)} in the checkpoint, {int(num_classes)} here)")
+    if mismatched:  # the first differing shape is the clearest evidence; counts of names would add little
+        key = mismatched[0]
+        reasons.append(f"parameter {key} has shape {tuple(state[key].shape)} in the checkpoint and "
+                       f"{tuple(own[key].shape)} in the model")
+    elif missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} model parameters are missing from it (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} of its parameters are unknown to the model (first: {unexpected[0]})")
+        reasons.append(" and ".join(parts))
+    raise CheckpointError(
+        f"checkpoint {str(path)!r} holds {saved} and does not fit {expected}: {'; '.join(reasons)}"
+    )
