@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from ccmix.config import ConfigError
@@ -21,6 +22,8 @@ def _train(args: argparse.Namespace) -> int:
     overrides = parse_set_arguments(args.set or [])
     config = resolve(args.preset, overrides)
     summary = fit(config, args.out, preset=args.preset)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
     print(json.dumps({key: summary[key] for key in ("status", "final", "best", "train_seconds")}, sort_keys=True))
     return 0
 
@@ -91,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as error:  # dataset files and paths: their messages name the file
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RuntimeError as error:  # CheckpointError, TrainingDiverged: a sentence for the user, not a traceback

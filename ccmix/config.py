@@ -292,7 +292,7 @@ def parse_value(key: str, text: str):
             parts = [p for p in text.replace("[", "").replace("]", "").replace(" ", "").split(",") if p]
             return tuple(int(p) for p in parts)
         return text
-    except ValueError:
+    except (ValueError, ZeroDivisionError):
         accepted = {bool: "true or false", int: "an integer", float: "a number (fractions like 20/255 are fine)"}
         what = accepted.get(base, "a comma-separated list of integers")
         raise ConfigError(f"--set {key}={text!r} does not parse; {key} takes {what}") from None
@@ -370,6 +370,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     Only cheap checks (no image is read): names, ranges, and that the data paths
     of folder and list datasets exist.
     """
+    _check_types(config)
     _one_of("dataset", config.dataset, DATASETS)
     _one_of("method", config.method, METHODS)
     _one_of("arch", config.arch, ARCHS)
@@ -417,6 +418,22 @@ def validate(config: TrainConfig) -> TrainConfig:
             f"topk={config.topk!r} is not accepted; it must be an integer in 1..{num_classes} (the number of classes)"
         )
     return config
+
+
+def _check_types(config: TrainConfig) -> None:
+    """Raise ConfigError when an integer or boolean field holds a value of another type (e.g. epochs=2.5)."""
+    for key, hint in _field_types().items():
+        value = getattr(config, key)
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            continue
+        base = next((a for a in args if a is not type(None)), hint) if type(None) in args else hint
+        if base is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{key}={value!r} is not accepted; {key} takes an integer")
+        if base is bool and not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} is not accepted; {key} takes true or false")
+        if base is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"{key}={value!r} is not accepted; {key} takes a number")
 
 
 def _validate_paths(config: TrainConfig) -> None:

@@ -274,7 +274,7 @@ def train_one_epoch(model, pipeline, optimizer, config: TrainConfig, epoch: int,
                 result = compute_step_loss(model, micro_batch, config, epoch, class_counts, micro_boxes, context)
             # decided by all ranks together, so no rank waits in a collective for one that stopped
             if not all_ranks_true(torch.isfinite(result.loss.detach()), context):
-                where = "" if torch.isfinite(result.loss.detach()) else f" {float(result.loss)}"
+                where = "" if torch.isfinite(result.loss.detach()) else f" {float(result.loss.detach())}"
                 raise TrainingDiverged(
                     f"the training loss became{where or ' non-finite on another process'} at epoch {epoch + 1}, "
                     f"step {step + 1}; training stopped and the last good checkpoint was kept (try a lower lr)"
@@ -413,11 +413,11 @@ def _restore_rng_state(state: dict) -> None:
     random.setstate(_as_tuple(state["python"]))
     kind, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), int(position), int(has_gauss), float(cached)))
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         # a run may resume on a machine with another number of GPUs than the one that saved it
         for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state, index)
+            torch.cuda.set_rng_state(cuda_state.cpu(), index)
 
 
 def _as_tuple(value):
@@ -622,7 +622,8 @@ def fit(config: TrainConfig, out_dir: str | os.PathLike, preset: str | None = No
         start_epoch, best, history, rng_state = 0, None, [], None
         if context.is_main:
             remove_stale_temporaries(out)  # half-written files of a run killed while saving
-        resumed = ckpt.load_resume_checkpoint(out, map_location=device, set_aside_damaged=context.is_main)
+        # loaded on the CPU: generator states must stay CPU byte tensors; load_state_dict moves the rest
+        resumed = ckpt.load_resume_checkpoint(out, map_location="cpu", set_aside_damaged=context.is_main)
         if resumed is not None:
             payload, path = resumed
             _check_resume_compatible(payload["config"], config, path)

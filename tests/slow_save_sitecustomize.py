@@ -1,0 +1,47 @@
+"""Test helper, installed as ``sitecustomize`` in a test's own folder: makes one checkpoint write hang half-way.
+
+The reliability tests put a copy of this file, named ``sitecustomize.py``, first on the
+``PYTHONPATH`` of a training subprocess, so Python imports it at start-up. When
+``SLOW_SAVE_MATCH`` is set it wraps ``torch.save``: the ``SLOW_SAVE_NTH``-th save whose
+target file name contains ``SLOW_SAVE_MATCH`` writes the first half of its bytes, flushes
+them, writes the target's name to ``SLOW_SAVE_MARKER`` and sleeps, so the test can kill
+the process while the checkpoint is being written. The product code knows nothing of it.
+"""
+
+import os
+
+if os.environ.get("SLOW_SAVE_MATCH"):
+    import io
+    import time
+
+    import torch
+
+    _MATCH = os.environ["SLOW_SAVE_MATCH"]
+    _NTH = int(os.environ.get("SLOW_SAVE_NTH", "1"))
+    _MARKER = os.environ["SLOW_SAVE_MARKER"]
+    _real_save = torch.save
+    _seen = 0
+
+    def _target_name(f) -> str:
+        name = getattr(f, "name", f)
+        if isinstance(name, int):  # a file opened from a descriptor: ask the kernel for its path
+            name = os.readlink(f"/proc/self/fd/{name}")
+        return os.path.basename(str(name))
+
+    def _slow_save(obj, f, *args, **kwargs):
+        global _seen
+        name = _target_name(f)
+        if _MATCH in name:
+            _seen += 1
+            if _seen == _NTH:
+                buffer = io.BytesIO()
+                _real_save(obj, buffer, *args, **kwargs)
+                data = buffer.getvalue()
+                f.write(data[: len(data) // 2])
+                f.flush()
+                with open(_MARKER, "w") as marker:
+                    marker.write(name)
+                time.sleep(600)
+        return _real_save(obj, f, *args, **kwargs)
+
+    torch.save = _slow_save
