@@ -46,7 +46,7 @@ NOTEBOOK_PARAMETERS: dict[str, dict[str, object]] = {
     "train": {
         "preset": None, "dataset": "cifar100", "data_root": "data", "imb": 100, "method": "concutmix",
         "epochs": None, "seed": 0, "batch_size": None, "device": "auto", "out_dir": None, "overrides": {},
-        "figures_dir": None,
+        "figures_dir": None, "nproc_per_node": 1,
     },
     "explore_cutmix": {
         "dataset": "synthetic", "data_root": "data", "imb": 100, "checkpoint": None, "seed": 0,
@@ -212,6 +212,7 @@ class TrainRun:
     base: str | None  # the preset the config started from (None: the TrainConfig defaults)
     preset: str | None  # the published preset this run reproduces unchanged, else None
     notes: list[str] = field(default_factory=list)
+    nproc_per_node: int = 1  # > 1: train under torchrun in a subprocess (one process a GPU)
 
     @property
     def published_top1(self) -> float | None:
@@ -268,6 +269,7 @@ def resolve_train_parameters(
     out_dir: str | os.PathLike | None = None,
     overrides: dict | None = None,
     figures_dir: str | os.PathLike | None = None,
+    nproc_per_node: int = 1,
     repo_root: str | os.PathLike | None = None,
 ) -> TrainRun:
     """Return the :class:`TrainRun` for the train notebook's parameters; ConfigError (one sentence) on a bad value.
@@ -293,6 +295,7 @@ def resolve_train_parameters(
     epochs = _check_int("epochs", epochs, 1, optional=True, meaning="the preset's")
     seed = _check_int("seed", seed, 0, optional=False)
     batch_size = _check_int("batch_size", batch_size, 2, optional=True, meaning="the preset's")
+    nproc_per_node = _check_int("nproc_per_node", nproc_per_node, 1, optional=False)
     _check_path("data_root", data_root, optional=False)
     _check_path("out_dir", out_dir, optional=True)
     _check_path("figures_dir", figures_dir, optional=True)
@@ -384,8 +387,27 @@ def resolve_train_parameters(
         figures_path = resolve_path(figures_dir, notebooks_dir(root))
     return TrainRun(
         config=config, out_dir=run_dir, figures_dir=figures_path, run_name=run_dir.name, base=base,
-        preset=reproduces, notes=notes,
+        preset=reproduces, notes=notes, nproc_per_node=nproc_per_node,
     )
+
+
+def train(run: TrainRun) -> dict:
+    """Train ``run`` and return its summary: in this process, or under torchrun when nproc_per_node > 1.
+
+    With several processes the run starts as a subprocess (``ccmix.launch``) and its
+    progress is followed epoch by epoch from metrics.jsonl, so the notebook stays responsive.
+    """
+    if run.nproc_per_node == 1:
+        from ccmix.engine import fit
+
+        return fit(run.config, run.out_dir, preset=run.preset)
+    from ccmix.io import read_json
+    from ccmix.launch import follow_run, launch_torchrun
+
+    process = launch_torchrun(None, run.config.to_dict(), run.out_dir, run.nproc_per_node)
+    for _ in follow_run(run.out_dir, process):
+        pass
+    return read_json(Path(run.out_dir) / "summary.json")
 
 
 def describe_summary(summary: dict) -> str:

@@ -20,6 +20,7 @@ from ccmix.notebook_params import (
     resolve_analyze_parameters,
     resolve_run_dirs,
     resolve_train_parameters,
+    train,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,6 +174,7 @@ def test_synthetic_caps_topk_at_its_classes(fake_repo):
     ({"overrides": {"bogus": 1}}, "overrides key 'bogus' is not a config field"),
     ({"overrides": {"topk": 1000}}, "topk=1000 is not accepted"),
     ({"out_dir": 5}, "parameter out_dir=5 is not accepted"),
+    ({"nproc_per_node": 0}, "parameter nproc_per_node=0 is not accepted"),
 ])
 def test_bad_values_stop_with_one_sentence(fake_repo, params, start):
     with pytest.raises(ConfigError) as error:
@@ -224,3 +226,13 @@ def test_describe_summary_labels_best_as_selected_on_test():
     text = describe_summary(summary)
     assert "final top-1 41.50 (epoch 2)" in text and "60.00 / 40.00 / empty" in text
     assert "best top-1  42.25 (epoch 1; selected on the test set, optimistic)" in text
+
+
+def test_train_under_two_processes_follows_a_torchrun_subprocess(tmp_path):
+    run = resolve_train_parameters(
+        dataset="synthetic", epochs=1, batch_size=32, nproc_per_node=2, out_dir=str(tmp_path / "run"),
+        overrides={"num_workers": 0, "max_steps_per_epoch": 2, "progress": False, "device": "cpu"},
+    )
+    summary = train(run)
+    assert summary["status"] == "completed" and summary["world_size"] == 2
+    assert (tmp_path / "run" / "launch.log").is_file() and (tmp_path / "run" / "last.pt").is_file()
