@@ -1,0 +1,22 @@
+"""The bench command: one JSON line with both pipelines' throughput, their ratios and augmentation op counts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_quick_bench_prints_one_json_line_with_every_figure():
+    result = subprocess.run([sys.executable, "-m", "ccmix", "bench", "--quick", "--device", "cpu"],
+                            capture_output=True, text=True, check=True)
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1
+    figures = json.loads(lines[0])
+    for key in ("data_classic", "data_fast", "train_classic", "train_fast"):
+        assert figures[key] > 0, key
+    assert abs(figures["data_ratio"] - figures["data_fast"] / figures["data_classic"]) < 0.02
+    assert abs(figures["train_ratio"] - figures["train_fast"] / figures["train_classic"]) < 0.02
+    assert figures["device"].startswith("cpu")
+    # no per-sample Python loop: the op count does not grow with the batch (at most 25 sub-policy groups)
+    assert figures["ops_per_batch_64"] == figures["ops_per_batch_512"]
