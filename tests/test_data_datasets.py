@@ -9,6 +9,7 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
+from longtail_reference import convention_indices
 from PIL import Image
 
 from ccmix.config import TrainConfig, validate
@@ -23,21 +24,6 @@ INAT_STD = (0.195, 0.194, 0.192)
 
 def exp_counts(n_max, num_classes, imb):
     return [max(1, int(n_max * (1 / imb) ** (i / (num_classes - 1)))) for i in range(num_classes)]
-
-
-def convention_indices(targets, num_classes, counts, seed):
-    saved = np.random.get_state()
-    try:
-        np.random.seed(seed)
-        targets = np.asarray(targets)
-        kept = []
-        for cls in range(num_classes):
-            idx = np.where(targets == cls)[0]
-            np.random.shuffle(idx)
-            kept.extend(idx[: counts[cls]].tolist())
-        return kept
-    finally:
-        np.random.set_state(saved)
 
 
 # --------------------------------------------------------------------------- synthetic

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from longtail_reference import convention_indices
 
 from ccmix.data import longtail_counts, longtail_indices
 
@@ -19,22 +20,6 @@ def exp_counts_by_definition(n_max, num_classes, imb):
     for i in range(num_classes):
         counts.append(int(n_max * (1 / imb) ** (i / (num_classes - 1))))
     return counts
-
-
-def convention_indices(targets, num_classes, counts, seed):
-    """The field's convention written out with the global numpy RNG (state restored afterwards)."""
-    saved = np.random.get_state()
-    try:
-        np.random.seed(seed)
-        targets = np.array(targets, dtype=np.int64)
-        kept = []
-        for cls in range(num_classes):
-            idx = np.where(targets == cls)[0]
-            np.random.shuffle(idx)
-            kept.extend(idx[: counts[cls]].tolist())
-        return kept
-    finally:
-        np.random.set_state(saved)
 
 
 def balanced_targets(num_classes, per_class, seed=0):
