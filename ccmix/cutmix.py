@@ -37,6 +37,10 @@ class CutMixBoxes:
     def __len__(self) -> int:
         return int(self.top.shape[0])
 
+    def __getitem__(self, index) -> CutMixBoxes:
+        """Return the boxes of the images selected by ``index`` (a slice or index tensor)."""
+        return CutMixBoxes(*(t[index] for t in (self.top, self.left, self.bottom, self.right)))
+
 
 def _log_standard_gamma(shape: float, size: int, generator: torch.Generator | None, device) -> torch.Tensor:
     """Return log of ``size`` Gamma(shape, 1) draws (float64), reproducible with ``generator``.

@@ -99,6 +99,13 @@ class StepResult:
     count: int
 
 
+def to_memory_format(images: torch.Tensor, config: TrainConfig | None) -> torch.Tensor:
+    """Return ``images`` (N, 3, H, W) in channels_last on CUDA when the config asks for it, else unchanged."""
+    if images.device.type == "cuda" and (config is None or config.channels_last):
+        return images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
 def compute_step_loss(
     model: torch.nn.Module,
     batch: dict,
@@ -133,9 +140,7 @@ def compute_step_loss(
     if config.uses_contrastive:
         views = batch["contrastive"]
         inputs = torch.cat([view0, views[:, 0], views[:, 1]], dim=0)  # BatchNorm sees all 3b images
-        if inputs.device.type == "cuda" and config.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        output = model(inputs)
+        output = model(to_memory_format(inputs, config))
         logits = output.logits[:size].float()
         embedding = output.embedding[size:].float().view(2, size, -1).transpose(0, 1)  # (b, 2, D)
         all_embedding = gather_with_grad(embedding.contiguous(), context)
@@ -149,9 +154,7 @@ def compute_step_loss(
                 topk=config.topk, omega=config.omega,
             )
     else:
-        if view0.device.type == "cuda" and config.channels_last:
-            view0 = view0.contiguous(memory_format=torch.channels_last)
-        logits = _classify(model, view0).float()
+        logits = _classify(model, to_memory_format(view0, config)).float()
     loss_ce = logit_adjusted_ce(logits, target, class_counts, tau)
     if config.uses_contrastive:
         loss = config.alpha * loss_ce + config.beta * loss_bcl
@@ -231,9 +234,7 @@ def draw_cutmix_boxes(config: TrainConfig, generator: torch.Generator, global_ba
             return None
         boxes = sample_boxes(global_batch, height, width, alpha=config.cutmix_alpha, per_sample=False,
                              generator=generator)
-    rank_slice = slice(context.rank, None, context.world_size)
-    return CutMixBoxes(top=boxes.top[rank_slice], left=boxes.left[rank_slice],
-                       bottom=boxes.bottom[rank_slice], right=boxes.right[rank_slice])
+    return boxes[context.rank::context.world_size]
 
 
 # --------------------------------------------------------------------------- epochs
@@ -316,11 +317,7 @@ def _split_batch(batch: dict, boxes, parts: int):
     for start in range(0, size, chunk):
         piece = slice(start, start + chunk)
         micro = {key: (value[piece] if torch.is_tensor(value) else value) for key, value in batch.items()}
-        micro_boxes = None
-        if boxes is not None:
-            micro_boxes = type(boxes)(top=boxes.top[piece], left=boxes.left[piece], bottom=boxes.bottom[piece],
-                                      right=boxes.right[piece])
-        yield micro, micro_boxes
+        yield micro, None if boxes is None else boxes[piece]
 
 
 @torch.no_grad()
@@ -332,9 +329,7 @@ def predict(model, loader, device: torch.device, config: TrainConfig | None = No
     preds, labels, features, embeddings = [], [], [], []
     seen = 0
     for images, targets in loader:
-        images = images.to(device, non_blocking=True)
-        if device.type == "cuda" and (config is None or config.channels_last):
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = to_memory_format(images.to(device, non_blocking=True), config)
         with autocast_context(device, config) if config is not None else nullcontext():
             if with_embedding:
                 output = inner(images)

@@ -34,10 +34,10 @@ class ModelOutput:
 
     logits: torch.Tensor  # (N, C) raw classifier logits
     features: torch.Tensor  # (N, F) encoder features
-    embedding: torch.Tensor | None  # (N, D) L2-normalised projection (None when heads are skipped)
-    embedding_raw: torch.Tensor | None  # (N, D) projection before normalisation
-    centers: torch.Tensor | None  # (C, D) L2-normalised class centres
-    centers_raw: torch.Tensor | None  # (C, D) class centres before normalisation
+    embedding: torch.Tensor  # (N, D) L2-normalised projection
+    embedding_raw: torch.Tensor  # (N, D) projection before normalisation
+    centers: torch.Tensor  # (C, D) L2-normalised class centres
+    centers_raw: torch.Tensor  # (C, D) class centres before normalisation
 
 
 def projection_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -96,16 +96,9 @@ class BCLModel(nn.Module):
         """Return the unnormalised class centres (C, D): row c is g_c(w_c)."""
         return self.center_head(self.classifier.weight)
 
-    def forward(self, x: torch.Tensor, heads: bool = True) -> ModelOutput:
-        """Return the ModelOutput of images x (N, 3, H, W); ``heads=False`` fills only logits and features.
-
-        ``heads=False`` is how a DistributedDataParallel wrapper reaches the cheap
-        classification path (``classify`` bypasses the wrapper's forward).
-        """
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        """Return the ModelOutput of images x (N, 3, H, W)."""
         features = self.encoder(x)
-        if not heads:
-            return ModelOutput(logits=self.classifier(features), features=features, embedding=None,
-                               embedding_raw=None, centers=None, centers_raw=None)
         embedding_raw = self.head(features)
         centers_raw = self.class_centers_raw()
         return ModelOutput(
