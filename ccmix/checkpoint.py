@@ -135,9 +135,104 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             f"checkpoint {str(path)!r} is corrupt: its content does not match the checksum saved with it "
             "(the file was damaged after it was written)"
         )
+    problem = inconsistency(payload)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {str(path)!r} is inconsistent: {problem}")
     if torch.device(map_location if map_location is not None else "cpu").type != "cpu":
         payload = _to_device(payload, torch.device(map_location))
     return payload
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def inconsistency(payload: dict) -> str | None:
+    """Return what is wrong with the content of a checkpoint dict (a phrase), or None when it hangs together.
+
+    Checks the types and ranges of the entries every reader uses (config, epoch,
+    num_classes, model) and, where present, those that only resuming uses (class counts,
+    metric history, optimizer, random states), so a crafted or hand-edited file is named
+    here instead of failing somewhere inside torch.
+    """
+    config, epoch, num_classes, model = (payload[key] for key in REQUIRED_KEYS)
+    if not isinstance(config, dict):
+        return f"its config is a {type(config).__name__}, not a dict of config fields"
+    if not _is_int(epoch) or epoch < 1:
+        return f"its epoch is {epoch!r}, and a saved epoch count is an integer >= 1"
+    planned = config.get("epochs")
+    if _is_int(planned) and epoch > planned:
+        return f"its epoch is {epoch} but its config plans only epochs={planned}"
+    if not _is_int(num_classes) or num_classes < 1:
+        return f"its num_classes is {num_classes!r}, and it must be an integer >= 1"
+    if not isinstance(model, dict) or not model or not all(
+            isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in model.items()):
+        return "its model entry is not a non-empty dict of named tensors"
+    counts = payload.get("class_counts")
+    if counts is not None and (not isinstance(counts, list) or len(counts) != num_classes
+                               or not all(_is_int(c) and c >= 0 for c in counts)):
+        return f"its class_counts is not a list of {num_classes} counts >= 0 (one per class)"
+    history = payload.get("history")
+    if history is not None and (not isinstance(history, list) or not all(isinstance(r, dict) for r in history)
+                                or [r.get("epoch") for r in history] != list(range(1, epoch + 1))):
+        return f"its metric history does not hold one record for each of epochs 1..{epoch}"
+    if "optimizer" in payload:
+        optimizer = payload["optimizer"]
+        if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict) or not isinstance(
+                optimizer.get("param_groups"), list):
+            return "its optimizer entry is not an optimizer state (a dict with state and param_groups)"
+    if "rng" in payload:
+        problem = _rng_inconsistency(payload["rng"])
+        if problem is not None:
+            return problem
+    return None
+
+
+def _rng_inconsistency(state) -> str | None:
+    if not isinstance(state, dict) or not {"python", "numpy", "torch"} <= set(state):
+        return "its random states (rng) lack the python, numpy or torch entry"
+    if not isinstance(state["torch"], torch.Tensor) or state["torch"].dtype != torch.uint8:
+        return "its torch random state is not a uint8 tensor"
+    numpy_state = state["numpy"]
+    if not isinstance(numpy_state, (list, tuple)) or len(numpy_state) != 5 or not isinstance(
+            numpy_state[1], torch.Tensor) or numpy_state[1].numel() != 624:
+        return "its numpy random state is not (kind, 624 keys, position, has_gauss, cached)"
+    python_state = state["python"]
+    if not isinstance(python_state, (list, tuple)) or len(python_state) != 3:
+        return "its python random state is not a (version, state, gauss) triple"
+    if "cuda" in state and not (isinstance(state["cuda"], list) and all(
+            isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in state["cuda"])):
+        return "its CUDA random states are not a list of uint8 tensors"
+    return None
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, payload: dict, path: str | os.PathLike) -> None:
+    """Load ``payload['optimizer']`` into ``optimizer``; CheckpointError when it does not fit the model's parameters."""
+    state = payload.get("optimizer")
+    if state is None:
+        raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: it lacks optimizer, which resuming needs")
+    own_groups = optimizer.param_groups
+    groups = state["param_groups"]
+    if len(groups) != len(own_groups) or any(
+            not isinstance(g, dict) or len(g.get("params", ())) != len(o["params"]) for g, o in zip(groups, own_groups)):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is inconsistent: its optimizer state covers other parameters than the model's"
+        )
+    parameters = [p for group in own_groups for p in group["params"]]
+    ids = [i for group in groups for i in group["params"]]
+    for index, parameter in zip(ids, parameters):
+        entry = state["state"].get(index, {})
+        buffer = entry.get("momentum_buffer") if isinstance(entry, dict) else None
+        if buffer is not None and (not isinstance(buffer, torch.Tensor) or tuple(buffer.shape) != tuple(parameter.shape)):
+            shape = tuple(buffer.shape) if isinstance(buffer, torch.Tensor) else type(buffer).__name__
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is inconsistent: the momentum buffer of optimizer parameter {index} has "
+                f"shape {shape} and the parameter {tuple(parameter.shape)}"
+            )
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds an optimizer state that does not load ({error})") from None
 
 
 def _damaged_sentence(path: Path, size: int, error: Exception) -> str:

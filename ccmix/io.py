@@ -3,19 +3,31 @@
 Every file is written to a temporary sibling, flushed, fsync'ed and renamed over
 the target (``os.replace`` is atomic on POSIX and Windows within one folder), then
 the folder itself is fsync'ed so the rename survives a power cut. A process killed
-mid-write leaves the target untouched and at worst a stale ``.<name>.*.tmp``
-sibling, which :func:`remove_stale_temporaries` clears.
+mid-write leaves the target untouched and at worst a stale temporary sibling.
+
+Temporary files are named ``.<name>.ccmix-<host>-<pid>-<random>.tmp``: unique per
+writer, and recognisable as ours. Only their writer removes them, or
+:func:`remove_stale_temporaries`, which the holder of a run folder's lock calls and
+which deletes only such files whose writing process is gone. Files of any other
+name, including other programs' ``.*.tmp`` files, are never deleted.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
+import secrets
+import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 TEMPORARY_SUFFIX = ".tmp"
+_TEMPORARY_TAG = "ccmix"
+# .<target name>.ccmix-<host>-<pid>-<16 hex digits>.tmp (host names may hold "-": pid and random part anchor the end)
+_TEMPORARY_NAME = re.compile(
+    rf"^\.(?P<target>.+)\.{_TEMPORARY_TAG}-(?P<host>.*)-(?P<pid>[0-9]+)-[0-9a-f]{{16}}{re.escape(TEMPORARY_SUFFIX)}$"
+)
 
 
 def _default_file_mode() -> int:
@@ -38,7 +50,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None], mode:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMPORARY_SUFFIX, dir=target.parent)
+    temporary, descriptor = _create_temporary(target)
     try:
         if hasattr(os, "fchmod"):
             os.fchmod(descriptor, _FILE_MODE)
@@ -57,6 +69,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None], mode:
     return target
 
 
+def temporary_name(target_name: str, pid: int | None = None, host: str | None = None) -> str:
+    """Return a fresh temporary file name for ``target_name`` written by process ``pid`` on ``host`` (default: this one)."""
+    host = (host if host is not None else socket.gethostname()).replace(os.sep, "_")
+    pid = os.getpid() if pid is None else pid
+    return f".{target_name}.{_TEMPORARY_TAG}-{host}-{pid}-{secrets.token_hex(8)}{TEMPORARY_SUFFIX}"
+
+
+def _create_temporary(target: Path) -> tuple[str, int]:
+    """Return (path, open descriptor) of a new temporary sibling of ``target``, created exclusively."""
+    for _ in range(100):
+        temporary = os.path.join(target.parent, temporary_name(target.name))
+        try:
+            return temporary, os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                                      0o600)
+        except FileExistsError:  # 64 random bits collided: draw again
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {str(target)!r}")
+
+
 def fsync_folder(folder: str | os.PathLike) -> None:
     """Flush a folder's entries (renames) to disk where the platform allows it; a no-op elsewhere."""
     try:
@@ -72,14 +103,46 @@ def fsync_folder(folder: str | os.PathLike) -> None:
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Return the ``.<name>.*.tmp`` files left in ``folder`` by a killed writer, after deleting them."""
+    """Return the temporary files of dead ccmix writers found in ``folder``, after deleting them.
+
+    Only files named by :func:`temporary_name` are considered, and of those only ones
+    whose writer is not a live process of this host (a writer on another host cannot be
+    asked; the caller holds the folder's lock, so no other trainer writes there).
+    Call it only while holding the run folder's lock.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    stale = [p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(TEMPORARY_SUFFIX) and p.is_file()]
+    this_host = socket.gethostname().replace(os.sep, "_")
+    stale = []
+    for path in folder.iterdir():
+        match = _TEMPORARY_NAME.match(path.name)
+        if match is None or not path.is_file():
+            continue
+        pid = int(match.group("pid"))
+        if match.group("host") == this_host and pid != os.getpid() and process_alive(pid):
+            continue  # still being written (an evaluation beside a training, say)
+        stale.append(path)
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+def process_alive(pid: int) -> bool:
+    """Return True when a process ``pid`` exists on this host (it may belong to another user)."""
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # os.kill would terminate the process there; never delete what might be live
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:  # platforms without signal 0: assume alive, never delete a live writer's file
+        return True
+    return True
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

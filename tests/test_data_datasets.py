@@ -126,7 +126,7 @@ def test_cifar_with_a_damaged_archive_says_so(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- image folders
 
 
-def write_png(path, value, size=(8, 8), mode="RGB"):
+def write_png(path, value, size=(32, 32), mode="RGB"):
     path.parent.mkdir(parents=True, exist_ok=True)
     shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
     Image.fromarray(np.full(shape, value, dtype=np.uint8)).convert(mode).save(path)
@@ -157,12 +157,12 @@ def test_folder_dataset_classes_profile_and_pixels(folder_tree):
     assert values == expected_values
     assert train.load_image(0).mode == "RGB"
     stacked = train.as_uint8_tensor()
-    assert stacked.shape == (11, 3, 8, 8) and stacked.dtype == torch.uint8
+    assert stacked.shape == (11, 3, 32, 32) and stacked.dtype == torch.uint8
     assert stacked[:, 1, 4, 4].tolist() == expected_values
     assert test.class_counts == [2, 2, 2]
     tensor, label = test[2]
-    assert label == 1 and tensor.shape == (3, 8, 8)
-    assert torch.allclose(tensor[0], torch.full((8, 8), (50 / 255 - CIFAR_MEAN[0]) / CIFAR_STD[0]), atol=1e-5)
+    assert label == 1 and tensor.shape == (3, 32, 32)
+    assert torch.allclose(tensor[0], torch.full((32, 32), (50 / 255 - CIFAR_MEAN[0]) / CIFAR_STD[0]), atol=1e-5)
 
 
 def test_folder_grayscale_images_load_as_rgb(folder_tree):
@@ -176,7 +176,9 @@ def test_folder_grayscale_images_load_as_rgb(folder_tree):
 def test_corrupt_image_names_the_file(folder_tree):
     broken = folder_tree / "train" / "cat" / "03_broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage, not a picture")
-    train, _ = build_datasets(TrainConfig(dataset="folder", data_root=str(folder_tree), imb=1))
+    with pytest.raises(ValueError, match="03_broken.png"):  # the cifar recipe reads every header when it opens
+        build_datasets(TrainConfig(dataset="folder", data_root=str(folder_tree), imb=1))
+    train, _ = build_datasets(TrainConfig(dataset="folder", data_root=str(folder_tree), imb=1, view_recipe="imagenet"))
     index = train.paths.index(str(broken))
     with pytest.raises(ValueError, match="03_broken.png"):
         train.load_image(index)
@@ -192,7 +194,7 @@ def test_jpeg_tree_decodes_in_batch_like_pil_and_names_a_broken_jpeg(tmp_path):
         for i in range(4):
             path = tmp_path / "train" / name / f"{i}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path, quality=90)
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path, quality=90)
     (tmp_path / "test").mkdir()
     train, _ = build_datasets(TrainConfig(dataset="folder", data_root=str(tmp_path), imb=1))
     by_pil = torch.stack([torch.from_numpy(np.asarray(train.load_image(i)).copy()).permute(2, 0, 1)
@@ -200,16 +202,26 @@ def test_jpeg_tree_decodes_in_batch_like_pil_and_names_a_broken_jpeg(tmp_path):
     assert torch.equal(train.as_uint8_tensor(), by_pil)
     broken = tmp_path / "train" / "b" / "2.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
-    train, _ = build_datasets(TrainConfig(dataset="folder", data_root=str(tmp_path), imb=1))
+    train, _ = build_datasets(TrainConfig(dataset="folder", data_root=str(tmp_path), imb=1, view_recipe="imagenet"))
     with pytest.raises(ValueError, match=r"b/2\.jpg"):
         train.as_uint8_tensor()
 
 
 def test_images_of_different_sizes_cannot_be_stacked(folder_tree):
     write_png(folder_tree / "train" / "cat" / "zz_big.png", 5, size=(9, 8))
-    train, _ = build_datasets(TrainConfig(dataset="folder", data_root=str(folder_tree), imb=1))
+    train, _ = build_datasets(TrainConfig(dataset="folder", data_root=str(folder_tree), imb=1, view_recipe="imagenet"))
     with pytest.raises(ValueError, match="zz_big.png"):
         train.as_uint8_tensor()
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_an_image_that_does_not_fit_the_cifar_recipe_is_named_when_the_dataset_opens(folder_tree, split):
+    write_png(folder_tree / split / "cat" / "zz_big.png", 5, size=(40, 30))
+    with pytest.raises(ValueError, match=r"zz_big\.png' is 40x30 pixels and view_recipe 'cifar' takes 32x32"):
+        build_datasets(TrainConfig(dataset="folder", data_root=str(folder_tree), imb=1))
+    train, test = build_datasets(TrainConfig(dataset="folder", data_root=str(folder_tree), imb=1,
+                                             view_recipe="imagenet"))  # resizes any size
+    assert test[0][0].shape == (3, 224, 224)
 
 
 def test_folder_test_class_unknown_to_training_is_an_error(folder_tree):

@@ -31,6 +31,8 @@ _LAZY = {
     "test_view": "views",
     "ClassicTrainPipeline": "classic",
     "build_train_pipeline": "pipeline",
+    "data_identity": "identity",
+    "identity_differences": "identity",
 }
 
 

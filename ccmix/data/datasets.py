@@ -11,14 +11,23 @@ Every dataset is a ``torch.utils.data.Dataset`` with ``targets`` (list of int),
 ``num_classes``, ``load_image(i)`` (PIL RGB), ``transform`` and ``as_uint8_tensor()``
 ((N, 3, H, W) uint8). Array-backed datasets (CIFAR, synthetic) hold a uint8
 (N, H, W, 3) numpy array; file-backed ones (folder, list files) decode lazily.
+
+Image files of any mode become 8-bit RGB by one rule (:func:`to_rgb`): grey, palette
+and CMYK images are converted as Pillow does, 16-bit and 32-bit grey images are
+scaled from their full range to 0..255 (not clipped), and transparent pixels are
+composited over white. The ``cifar`` view recipe takes 32x32 images: file datasets
+read with it have every image's size checked from its header when the dataset is
+opened (:func:`check_image_sizes`), so an odd image is named before training starts.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -27,7 +36,7 @@ from PIL import Image
 from ccmix.config import FIXED_NUM_CLASSES, LIST_DATASETS, PROFILED_DATASETS, TrainConfig, list_files
 from ccmix.data.longtail import longtail_indices
 from ccmix.data.synthetic import TEST_PER_CLASS, TRAIN_PER_CLASS, synthetic_class_names, synthetic_split
-from ccmix.data.views import test_view
+from ccmix.data.views import CIFAR_SIZE, test_view
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -85,7 +94,7 @@ class ArrayImages(LabelledImages):
     """Images held in memory as a uint8 (N, H, W, 3) numpy array (CIFAR, synthetic)."""
 
     def __init__(self, images: np.ndarray, targets: Sequence[int], classes: Sequence[str],
-                 transform: Callable | None = None):
+                 transform: Callable | None = None, source_indices: Sequence[int] | None = None):
         images = np.ascontiguousarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be a uint8 (N, H, W, 3) array, got {images.dtype} {images.shape}")
@@ -93,6 +102,9 @@ class ArrayImages(LabelledImages):
             raise ValueError(f"images ({len(images)}) and targets ({len(targets)}) differ in length")
         super().__init__(targets, classes, transform)
         self.images = images
+        # index of each image in the full source split (CIFAR order), which identifies a long-tailed subset
+        self.source_indices = np.arange(len(images), dtype=np.int64) if source_indices is None else np.asarray(
+            source_indices, dtype=np.int64)
         self._tensor: torch.Tensor | None = None
 
     @property
@@ -114,18 +126,76 @@ class ArrayImages(LabelledImages):
         """Return an ArrayImages holding only ``indices`` (in that order)."""
         indices = np.asarray(indices, dtype=np.int64)
         targets = np.asarray(self.targets, dtype=np.int64)[indices]
-        return ArrayImages(self.images[indices], targets.tolist(), self.classes, self.transform)
+        return ArrayImages(self.images[indices], targets.tolist(), self.classes, self.transform,
+                           source_indices=self.source_indices[indices])
+
+    def identity_records(self) -> list[str]:
+        """Return one string per image identifying it in its source split (its index there) and its label."""
+        return [f"{int(i)}\t{t}" for i, t in zip(self.source_indices, self.targets)]
+
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_TRANSPARENT_BACKGROUND = (255, 255, 255, 255)  # white, as image viewers show transparent pixels
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Return ``image`` as 8-bit RGB (see the module docstring for the rule of each mode)."""
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "I":
+        # 16-bit grey (32-bit integer images are read as 16-bit): scale 0..65535 to 0..255, round to nearest
+        values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), mode="L").convert("RGB")
+    if image.mode == "F":  # floating-point grey: taken as 0..255, clipped
+        values = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255)
+        return Image.fromarray(values.astype(np.uint8), mode="L").convert("RGB")
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        background = Image.new("RGBA", image.size, _TRANSPARENT_BACKGROUND)
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _unreadable(path: str, exc: BaseException) -> ValueError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return ValueError(f"image file {path!r} could not be read ({type(exc).__name__}: {reason}); replace or remove it")
 
 
 def read_rgb(path: str) -> Image.Image:
     """Return the image file at ``path`` decoded as PIL RGB; ValueError naming the file when it cannot be read."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            image.load()
+            return to_rgb(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def read_size(path: str) -> tuple[int, int]:
+    """Return the (width, height) in pixels of the image file at ``path`` from its header; ValueError naming it."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def check_image_sizes(dataset: LabelledImages, size: int, recipe: str, threads: int = 8) -> None:
+    """Raise ValueError naming the first image of ``dataset`` that is not ``size`` x ``size`` pixels.
+
+    Only file datasets are checked (CIFAR and synthetic arrays are 32x32 by construction),
+    from the image headers without decoding, in ``threads`` threads.
+    """
+    if not isinstance(dataset, FileImages) or not dataset.paths:
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        sizes = list(pool.map(read_size, dataset.paths, chunksize=256))
+    wrong = [index for index, found in enumerate(sizes) if found != (size, size)]
+    if wrong:
+        width, height = sizes[wrong[0]]
+        others = f" (and {len(wrong) - 1} other images)" if len(wrong) > 1 else ""
         raise ValueError(
-            f"image file {path!r} could not be read ({type(exc).__name__}: {exc}); replace or remove it"
-        ) from exc
+            f"image file {dataset.paths[wrong[0]]!r} is {width}x{height} pixels{others} and view_recipe {recipe!r} "
+            f"takes {size}x{size} images; resize them, or use view_recipe=imagenet, which resizes any size"
+        )
 
 
 def decode_rgb_tensor(path: str) -> torch.Tensor:
@@ -192,11 +262,12 @@ class FileImages(LabelledImages):
     """Images stored as files and decoded lazily with PIL (folder trees, list files)."""
 
     def __init__(self, paths: Sequence[str], targets: Sequence[int], classes: Sequence[str],
-                 transform: Callable | None = None):
+                 transform: Callable | None = None, root: str | None = None):
         if len(paths) != len(targets):
             raise ValueError(f"paths ({len(paths)}) and targets ({len(targets)}) differ in length")
         super().__init__(targets, classes, transform)
         self.paths: list[str] = [os.fspath(p) for p in paths]
+        self.root = root  # the data root the paths lie under; the data's identity does not depend on where it is
         self._tensor: torch.Tensor | None = None
 
     def load_image(self, index: int) -> Image.Image:
@@ -217,7 +288,12 @@ class FileImages(LabelledImages):
         """Return a FileImages holding only ``indices`` (in that order)."""
         indices = [int(i) for i in indices]
         return FileImages([self.paths[i] for i in indices], [self.targets[i] for i in indices], self.classes,
-                          self.transform)
+                          self.transform, root=self.root)
+
+    def identity_records(self) -> list[str]:
+        """Return one string per image: its path (relative to the data root) and its label."""
+        relative = ([os.path.relpath(p, self.root) for p in self.paths] if self.root is not None else self.paths)
+        return [f"{p.replace(os.sep, '/')}\t{t}" for p, t in zip(relative, self.targets)]
 
 
 # --------------------------------------------------------------------------- CIFAR
@@ -262,17 +338,35 @@ def cifar_dataset(name: str, root: str, train: bool) -> ArrayImages:
 # --------------------------------------------------------------------------- image folders
 
 
+def _folder_error(path: str, exc: OSError) -> ValueError:
+    what = "a symbolic link that leads back to itself" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+    return ValueError(f"{path!r} cannot be read ({what}); fix or remove it")
+
+
+def _entry_is(entry: os.DirEntry, kind: str) -> bool:
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError as exc:  # a symbolic link loop, a vanished network mount
+        raise _folder_error(entry.path, exc) from None
+
+
+def _scan(folder: str, kind: str) -> list[str]:
+    """Return the sorted names of the visible entries of ``folder`` that are folders (kind 'dir') or files."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(e.name for e in entries if not e.name.startswith(".") and _entry_is(e, kind))
+    except OSError as exc:
+        raise _folder_error(folder, exc) from None
+
+
 def _image_files(folder: str) -> list[str]:
     """Return the image files of ``folder`` sorted by name (hidden files and other extensions skipped)."""
-    with os.scandir(folder) as entries:
-        names = [e.name for e in entries
-                 if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS)]
-    return [os.path.join(folder, name) for name in sorted(names)]
+    names = [name for name in _scan(folder, "file") if name.lower().endswith(IMAGE_EXTENSIONS)]
+    return [os.path.join(folder, name) for name in names]
 
 
 def _class_folders(split_dir: str) -> list[str]:
-    with os.scandir(split_dir) as entries:
-        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    return _scan(split_dir, "dir")
 
 
 def folder_dataset(root: str, split: str, classes: Sequence[str] | None = None) -> FileImages:
@@ -296,12 +390,12 @@ def folder_dataset(root: str, split: str, classes: Sequence[str] | None = None) 
     paths, targets = [], []
     for label, name in enumerate(classes):
         class_dir = os.path.join(split_dir, name)
-        files = _image_files(class_dir) if os.path.isdir(class_dir) else []
+        files = _image_files(class_dir) if os.path.lexists(class_dir) else []
         if not files and split == "train":
             raise ValueError(f"class folder {class_dir!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
         paths += files
         targets += [label] * len(files)
-    return FileImages(paths, targets, classes)
+    return FileImages(paths, targets, classes, root=root)
 
 
 # --------------------------------------------------------------------------- OLTR list files
@@ -356,7 +450,7 @@ def list_dataset(root: str, list_file: str, num_classes: int, classes: Sequence[
     relative, labels = read_list_file(list_file, num_classes)
     if classes is None:
         classes = _class_names_from_paths(relative, labels, num_classes)
-    return FileImages([os.path.join(root, p) for p in relative], labels, classes)
+    return FileImages([os.path.join(root, p) for p in relative], labels, classes, root=root)
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -400,11 +494,16 @@ def build_datasets(config: TrainConfig) -> tuple[LabelledImages, LabelledImages]
         kept = longtail_indices(train.targets, train.num_classes, config.imb, config.imb_profile, config.subset_seed)
         train = train.subset(kept)
     train.transform = None
-    test.transform = test_view(config.resolved_view_recipe, name)
+    recipe = config.resolved_view_recipe
+    if recipe == "cifar":  # its views and its test view keep the image size: every image must be 32x32
+        check_image_sizes(train, CIFAR_SIZE, recipe)
+        check_image_sizes(test, CIFAR_SIZE, recipe)
+    test.transform = test_view(recipe, name)
     return train, test
 
 
 __all__ = [
-    "DataUnavailableError", "LabelledImages", "ArrayImages", "FileImages", "read_rgb", "cifar_dataset",
+    "DataUnavailableError", "LabelledImages", "ArrayImages", "FileImages", "read_rgb", "read_size", "to_rgb",
+    "check_image_sizes", "cifar_dataset",
     "decode_rgb_tensor", "decode_files", "folder_dataset", "read_list_file", "list_dataset", "synthetic_dataset", "build_datasets", "IMAGE_EXTENSIONS",
 ]
