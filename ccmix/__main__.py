@@ -12,15 +12,22 @@ import json
 import os
 import sys
 
-from ccmix.config import ConfigError
+from ccmix.config import ConfigError, TrainConfig
+
+
+def train_config(preset: str | None, set_items: list[str] | None) -> tuple[TrainConfig, dict]:
+    """Return the validated config of ``train --preset P --set KEY=VALUE...`` and its record
+    ``{"preset", "published_top1"}`` (the published number only when the config reproduces the preset)."""
+    from ccmix.config import parse_set_arguments, preset_record, resolve
+
+    config = resolve(preset, parse_set_arguments(set_items or []))
+    return config, preset_record(config, preset)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ccmix.config import parse_set_arguments, resolve
     from ccmix.engine import fit
 
-    overrides = parse_set_arguments(args.set or [])
-    config = resolve(args.preset, overrides)
+    config, _ = train_config(args.preset, args.set)
     summary = fit(config, args.out, preset=args.preset)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
@@ -37,10 +44,10 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _presets(_: argparse.Namespace) -> int:
-    from ccmix.config import presets_table
+def _presets(args: argparse.Namespace) -> int:
+    from ccmix.config import fields_table, presets_table
 
-    print(presets_table())
+    print(fields_table() if args.fields else presets_table())
     return 0
 
 
@@ -52,12 +59,24 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fields_help() -> str:
+    from ccmix.config import field_help, field_names, field_role, field_rule
+
+    return "\n".join(f"  {name} ({field_role(name)}): {field_rule(name).accepted()}; {field_help(name)}"
+                     for name in field_names())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``python -m ccmix``."""
     parser = argparse.ArgumentParser(prog="python -m ccmix", description="Contrastive CutMix workbench")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a preset into a run folder (re-running on it resumes)")
+    train = commands.add_parser(
+        "train", help="train a preset into a run folder (re-running on it resumes)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config fields for --set (role recipe: what is learned; seed: the replicate; runtime: how it runs):\n"
+               + _fields_help(),
+    )
     train.add_argument("--preset", default=None, help="a name from `python -m ccmix presets` (default: cifar100_imb100)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field (repeatable)")
     train.add_argument("--out", required=True, help="run folder")
@@ -69,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_eval)
 
     presets = commands.add_parser("presets", help="list the presets and their published top-1")
+    presets.add_argument("--fields", action="store_true", help="list the config fields instead: role, default, "
+                         "accepted values and help")
     presets.set_defaults(handler=_presets)
 
     bench = commands.add_parser("bench", help="measure data-pipeline and training throughput; prints one JSON line")

@@ -27,26 +27,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccmix.config import (
-    DATASETS,
-    DEVICES,
     LIST_DATASETS,
-    METHODS,
     PRESETS,
     PUBLISHED_TOP1,
     ConfigError,
     TrainConfig,
     apply_overrides,
-    preset,
+    check_parameter,
+    matches_preset,
     preset_for,
+    preset_name_for,
+    published_top1_for,
+    recipe_differences,
+    shown_value,
     validate,
 )
+from ccmix.config import preset as preset_config
 
 # Every notebook's parameters and their defaults (the notebooks' `parameters` cells hold the same values).
+# The train notebook's are all None, "not given": a given value is never mistaken for a default, so one that
+# contradicts an explicit preset can be refused.
 NOTEBOOK_PARAMETERS: dict[str, dict[str, object]] = {
     "train": {
-        "preset": None, "dataset": "cifar100", "data_root": "data", "imb": 100, "method": "concutmix",
-        "epochs": None, "seed": 0, "batch_size": None, "device": "auto", "out_dir": None, "overrides": {},
-        "figures_dir": None, "nproc_per_node": 1,
+        "preset": None, "dataset": None, "data_root": None, "imb": None, "method": None, "epochs": None,
+        "seed": None, "batch_size": None, "device": None, "out_dir": None, "overrides": None, "figures_dir": None,
+        "nproc_per_node": None,
     },
     "explore_cutmix": {
         "dataset": "synthetic", "data_root": "data", "imb": 100, "checkpoint": None, "seed": 0,
@@ -66,6 +71,8 @@ _INJECTED_HEADER = "# Parameters"
 # Datasets whose published presets are indexed by imbalance (cifar10_imb100, ...).
 _CIFAR_PRESET_IMBS = (100, 50, 10)
 _DEFAULT_RUNS_DIR = "papermill_runs"
+# What the train notebook trains when neither preset nor dataset nor imb is given.
+_DEFAULT_DATASET, _DEFAULT_IMB = "cifar100", 100.0
 
 
 # --------------------------------------------------------------------------- locations
@@ -152,50 +159,21 @@ def check_notebook_parameters(namespace_or_names: Mapping | Iterable[str], noteb
         given = list(namespace_or_names)
     for name in given:
         if name not in known:
-            raise ConfigError(_unknown_parameter_sentence(name, notebook))
+            raise _unknown_parameter_error(name, notebook)
     return {name: namespace.get(name, default) for name, default in known.items()} if namespace else {}
 
 
-def _unknown_parameter_sentence(name: str, notebook: str) -> str:
+def _unknown_parameter_error(name: str, notebook: str) -> ConfigError:
     accepted = ", ".join(NOTEBOOK_PARAMETERS[notebook])
-    if notebook == "train" and name in {f.name for f in TrainConfig.__dataclass_fields__.values()}:
-        return (
-            f"parameter {name!r} is not a parameter of the {notebook} notebook; it is a config field, so pass it "
-            f"through overrides, e.g. -y \"overrides: {{{name}: ...}}\" (notebook parameters: {accepted})"
-        )
+    problem = f"is not a parameter of the {notebook} notebook"
+    if notebook == "train" and name in TrainConfig.__dataclass_fields__:
+        return ConfigError(field=name, problem=problem, source="parameter", accepted=accepted,
+                           detail=f"it is a config field, so pass it through overrides, e.g. -y \"overrides: "
+                                  f"{{{name}: ...}}\" (notebook parameters: {accepted})")
     close = [k for k in NOTEBOOK_PARAMETERS[notebook] if k.startswith(name[:3]) or name.startswith(k[:3])]
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    return f"parameter {name!r} is not a parameter of the {notebook} notebook{hint}; accepted: {accepted}"
-
-
-# --------------------------------------------------------------------------- value checks
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_choice(name: str, value, accepted: Iterable) -> None:
-    accepted = tuple(accepted)
-    if value not in accepted:
-        raise ConfigError(f"parameter {name}={value!r} is not accepted; choose one of: {', '.join(map(str, accepted))}")
-
-
-def _check_int(name: str, value, minimum: int, optional: bool, meaning: str = "") -> int | None:
-    if value is None and optional:
-        return None
-    if not _is_number(value) or not float(value).is_integer() or value < minimum:
-        none_text = " or None" + (f" ({meaning})" if meaning else "") if optional else ""
-        raise ConfigError(f"parameter {name}={value!r} is not accepted; it takes an integer >= {minimum}{none_text}")
-    return int(value)
-
-
-def _check_path(name: str, value, optional: bool) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
-        what = "a path (text) or None" if optional else "a path (text)"
-        raise ConfigError(f"parameter {name}={value!r} is not accepted; it takes {what}")
+    return ConfigError(field=name, problem=problem + hint, source="parameter", accepted=accepted,
+                       detail=f"accepted: {accepted}")
 
 
 # --------------------------------------------------------------------------- the train notebook
@@ -210,14 +188,15 @@ class TrainRun:
     figures_dir: Path
     run_name: str
     base: str | None  # the preset the config started from (None: the TrainConfig defaults)
-    preset: str | None  # the published preset this run reproduces unchanged, else None
+    preset: str | None  # the published preset this run reproduces (every recipe field equal), else None
     notes: list[str] = field(default_factory=list)
     nproc_per_node: int = 1  # > 1: train under torchrun in a subprocess (one process a GPU)
+    requested_preset: str | None = None  # the notebook's explicit preset parameter, handed to training as given
 
     @property
     def published_top1(self) -> float | None:
-        """Return the published top-1 (%) this run can be compared with, or None."""
-        return PUBLISHED_TOP1.get(self.preset) if self.preset else None
+        """Return the published top-1 (%) this run can be compared with, or None (the run folder records the same)."""
+        return published_top1_for(self.config, self.requested_preset)
 
     def describe(self) -> str:
         """Return a few lines saying what will be trained, from which preset, and where it is written."""
@@ -258,47 +237,50 @@ def default_run_name(preset_name: str | None, dataset: str, method: str, imb: fl
 
 def resolve_train_parameters(
     preset: str | None = None,
-    dataset: str = "cifar100",
-    data_root: str | os.PathLike = "data",
-    imb: float = 100,
-    method: str = "concutmix",
+    dataset: str | None = None,
+    data_root: str | os.PathLike | None = None,
+    imb: float | None = None,
+    method: str | None = None,
     epochs: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     batch_size: int | None = None,
-    device: str = "auto",
+    device: str | None = None,
     out_dir: str | os.PathLike | None = None,
     overrides: dict | None = None,
     figures_dir: str | os.PathLike | None = None,
-    nproc_per_node: int = 1,
+    nproc_per_node: int | None = None,
     repo_root: str | os.PathLike | None = None,
 ) -> TrainRun:
     """Return the :class:`TrainRun` for the train notebook's parameters; ConfigError (one sentence) on a bad value.
 
-    Without ``preset``, the published preset for (dataset, imb) is used; a combination without one starts
-    from the nearest sensible preset and says so in ``notes``. With ``preset``, dataset and imb come from
-    the preset unless they differ from the notebook defaults. ``epochs`` and ``batch_size`` None keep the
-    preset's; ``overrides`` (config field -> value) are applied last.
+    None means "not given". Without ``preset``, the published preset for (dataset, imb) is used
+    (default cifar100, imb 100); a combination without one starts from the nearest sensible preset and
+    says so in ``notes``. With ``preset``, dataset and imb come from the preset: giving another value
+    for either is refused, as the two would contradict each other (change them through ``overrides``
+    to start from a preset on purpose). ``method``, ``epochs``, ``seed``, ``batch_size``, ``device`` and
+    ``data_root`` change the starting config when given; ``overrides`` (config field -> value) apply last.
     """
     root = Path(repo_root) if repo_root is not None else find_repo_root()
-    defaults = NOTEBOOK_PARAMETERS["train"]
     notes: list[str] = []
 
     if preset is not None and not isinstance(preset, str):
         raise ConfigError(f"parameter preset={preset!r} is not accepted; give a preset name or None")
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"parameter preset={preset!r} is unknown; accepted: None, {', '.join(PRESETS)}")
-    _check_choice("dataset", dataset, DATASETS)
-    _check_choice("method", method, METHODS)
-    _check_choice("device", device, DEVICES)
-    if not _is_number(imb) or not math.isfinite(imb) or imb < 1:
-        raise ConfigError(f"parameter imb={imb!r} is not accepted; imb is N_max / N_min and must be a number >= 1")
-    epochs = _check_int("epochs", epochs, 1, optional=True, meaning="the preset's")
-    seed = _check_int("seed", seed, 0, optional=False)
-    batch_size = _check_int("batch_size", batch_size, 2, optional=True, meaning="the preset's")
-    nproc_per_node = _check_int("nproc_per_node", nproc_per_node, 1, optional=False)
-    _check_path("data_root", data_root, optional=False)
-    _check_path("out_dir", out_dir, optional=True)
-    _check_path("figures_dir", figures_dir, optional=True)
+    given = {"dataset": dataset, "imb": imb}  # as the user wrote them, for sentences
+    from_preset = "the preset's" if preset is not None else None
+    dataset = check_parameter("dataset", dataset, optional=True, none_means=from_preset or f"not given: {_DEFAULT_DATASET}")
+    imb = check_parameter("imb", imb, optional=True, none_means=from_preset or f"not given: {_DEFAULT_IMB:g}")
+    method = check_parameter("method", method, optional=True, none_means="the preset's")
+    device = check_parameter("device", device, optional=True, none_means="the preset's")
+    epochs = check_parameter("epochs", epochs, optional=True, none_means="the preset's")
+    seed = check_parameter("seed", seed, optional=True, none_means="the preset's")
+    batch_size = check_parameter("batch_size", batch_size, optional=True, none_means="the preset's")
+    nproc_per_node = check_parameter("nproc_per_node", nproc_per_node, kind="int", minimum=1, optional=True,
+                                     none_means="1, this process") or 1
+    data_root = check_parameter("data_root", data_root, optional=True, none_means="the preset's")
+    out_dir = check_parameter("out_dir", out_dir, kind="path", optional=True)
+    figures_dir = check_parameter("figures_dir", figures_dir, kind="path", optional=True)
     if overrides is None:
         overrides = {}
     if not isinstance(overrides, Mapping):
@@ -307,49 +289,47 @@ def resolve_train_parameters(
             "e.g. -y \"overrides: {topk: 10}\""
         )
 
-    # --- where the config starts; `published` names the preset whose dataset and imb this run keeps
-    published = None
+    # --- where the config starts; `named_after` is the preset whose dataset and imb the run keeps
     if preset is not None:
-        base = preset
-        config = _preset_config(base)
-        changed = {}
-        if dataset != defaults["dataset"] and dataset != config.dataset:
-            changed["dataset"] = dataset
-        if imb != defaults["imb"] and float(imb) != config.imb:
-            changed["imb"] = float(imb)
-        if changed:
-            config = config.replace(**changed)
-            notes.append(f"preset {base} with {_format_changes(changed)}")
-        else:
-            published = base
-            notes.append(f"dataset and imb come from preset {base}: {config.dataset}, imb {config.imb:g}")
+        base = named_after = preset
+        config = preset_config(base)
+        for name, value in (("dataset", dataset), ("imb", imb)):
+            if value is not None and value != getattr(config, name):
+                raise ConfigError(
+                    field=name, value=given[name], source="parameter", problem=f"contradicts preset={base!r}",
+                    detail=f"that preset trains {name}={shown_value(getattr(config, name))}; leave {name} None to "
+                           f"take it from the preset, or change it through overrides",
+                )
+        notes.append(f"dataset and imb come from preset {base}: {config.dataset}, imb {config.imb:g}")
     else:
-        published = preset_for(dataset, float(imb)) if dataset in ("cifar10", "cifar100") else None
-        if published is None and dataset == "imagenet_lt":
-            published = "imagenet_lt_resnet50_100"
-        if published is None and dataset == "inat2018":
-            published = "inat2018_resnet50_100"
-        if published is not None:
-            base = published
-            config = _preset_config(base)
+        dataset = dataset if dataset is not None else _DEFAULT_DATASET
+        imb_value = imb if imb is not None else _DEFAULT_IMB
+        named_after = preset_for(dataset, imb_value) if dataset in ("cifar10", "cifar100") else None
+        if named_after is None and dataset == "imagenet_lt":
+            named_after = "imagenet_lt_resnet50_100"
+        if named_after is None and dataset == "inat2018":
+            named_after = "inat2018_resnet50_100"
+        if named_after is not None:
+            base = named_after
+            config = preset_config(base)
         else:
-            base = nearest_base_preset(dataset, float(imb))
-            config = _preset_config(base).replace(dataset=dataset, imb=float(imb))
+            base = nearest_base_preset(dataset, imb_value)
+            config = preset_config(base).replace(dataset=dataset, imb=imb_value)
             notes.append(
-                f"there is no published preset for {dataset} at imb {imb:g}; starting from {base} "
-                f"with dataset={dataset} and imb={imb:g}"
+                f"there is no published preset for {dataset} at imb {imb_value:g}; starting from {base} "
+                f"with dataset={dataset} and imb={imb_value:g}"
             )
-    if config.dataset in LIST_DATASETS and float(imb) != defaults["imb"]:
-        notes.append(f"imb={imb:g} has no effect on {config.dataset}: its training split is long-tailed already")
+        if config.dataset in LIST_DATASETS and imb is not None and imb != config.imb:
+            notes.append(f"imb={imb:g} has no effect on {config.dataset}: its training split is long-tailed already")
 
-    # --- the notebook's own knobs, then the overrides
-    config = config.replace(method=method, seed=seed, device=device, data_root=os.fspath(data_root))
-    if epochs is not None:
-        config = config.replace(epochs=epochs)
-    if batch_size is not None:
-        config = config.replace(batch_size=batch_size)
-    for key, value in overrides.items():
-        config = _apply_override(config, key, value)
+    # --- the notebook's own knobs (those given), then the overrides
+    knobs = {"method": method, "seed": seed, "device": device, "data_root": data_root, "epochs": epochs,
+             "batch_size": batch_size}
+    config = config.replace(**{key: value for key, value in knobs.items() if value is not None})
+    if overrides and not all(isinstance(key, str) for key in overrides):
+        key = next(key for key in overrides if not isinstance(key, str))
+        raise ConfigError(f"overrides key {key!r} is not accepted; keys are config field names (text)")
+    config = apply_overrides(config, overrides, source="overrides")
     config = config.replace(data_root=os.fspath(resolve_path(config.data_root, root)))
     if config.dataset == "synthetic" and "topk" not in overrides and config.topk > config.synthetic_classes:
         config = config.replace(topk=config.synthetic_classes)
@@ -360,13 +340,14 @@ def resolve_train_parameters(
             notes.append(f"topk capped at the {config.num_classes} classes of the folder dataset")
     validate(config)
 
-    # --- is this the published preset, unchanged?
-    reproduces = base if base in PRESETS and _same_recipe(config, _preset_config(base)) else None
-    if published is not None and published in PUBLISHED_TOP1 and reproduces is None:
-        differences = _recipe_differences(config, _preset_config(base))
+    # --- does this reproduce a published preset? the same rule the run folder's summary.json follows
+    candidate = preset_name_for(config, preset)
+    reproduces = candidate if matches_preset(config, candidate) else None
+    if reproduces is None and named_after is not None and base in PUBLISHED_TOP1:
+        differences = ", ".join(f"{key}={shown_value(getattr(config, key))}"
+                                for key in recipe_differences(config, PRESETS[base]))
         notes.append(
-            f"{base} changed ({', '.join(differences)}): its published top-1 {PUBLISHED_TOP1[base]:.2f} "
-            "does not apply directly"
+            f"{base} changed ({differences}): its published top-1 {PUBLISHED_TOP1[base]:.2f} does not apply directly"
         )
     if config.method == "concutmix" and config.epochs <= config.l_d_warm:
         notes.append(
@@ -377,9 +358,9 @@ def resolve_train_parameters(
     if config.schedule == "step" and late:
         notes.append(f"milestones {', '.join(map(str, late))} lie beyond epoch {config.epochs}: those decays never happen")
 
-    if published is not None and changed_dataset_or_imb(config, _preset_config(published)):
-        published = None  # an override moved the run to another dataset or imbalance
-    run_name = default_run_name(published, config.dataset, config.method, config.imb, config.seed)
+    if named_after is not None and changed_dataset_or_imb(config, PRESETS[named_after]):
+        named_after = None  # an override moved the run to another dataset or imbalance
+    run_name = default_run_name(named_after, config.dataset, config.method, config.imb, config.seed)
     run_dir = resolve_path(out_dir, root) if out_dir is not None else root / _DEFAULT_RUNS_DIR / run_name
     if figures_dir is None:
         figures_path = root / "figures" / run_dir.name
@@ -387,7 +368,7 @@ def resolve_train_parameters(
         figures_path = resolve_path(figures_dir, notebooks_dir(root))
     return TrainRun(
         config=config, out_dir=run_dir, figures_dir=figures_path, run_name=run_dir.name, base=base,
-        preset=reproduces, notes=notes, nproc_per_node=nproc_per_node,
+        preset=reproduces, notes=notes, nproc_per_node=nproc_per_node, requested_preset=preset,
     )
 
 
@@ -400,11 +381,11 @@ def train(run: TrainRun) -> dict:
     if run.nproc_per_node == 1:
         from ccmix.engine import fit
 
-        return fit(run.config, run.out_dir, preset=run.preset)
+        return fit(run.config, run.out_dir, preset=run.requested_preset)
     from ccmix.io import read_json
     from ccmix.launch import follow_run, launch_torchrun
 
-    process = launch_torchrun(None, run.config.to_dict(), run.out_dir, run.nproc_per_node)
+    process = launch_torchrun(run.requested_preset, run.config.to_dict(), run.out_dir, run.nproc_per_node)
     for _ in follow_run(run.out_dir, process):
         pass
     return read_json(Path(run.out_dir) / "summary.json")
@@ -464,58 +445,15 @@ def resolve_analyze_parameters(run_dirs="../papermill_runs/*", figures_dir="../f
     """Return (run folders, figures folder, t-SNE image cap) of the analyze notebook's parameters; ConfigError
     (one sentence) on a bad value. Relative paths are taken from the notebooks folder."""
     base = notebooks_dir(repo_root if repo_root is not None else find_repo_root())
-    _check_path("figures_dir", figures_dir, optional=False)
-    tsne_max_items = _check_int("tsne_max_items", tsne_max_items, 4, optional=True, meaning="every test image")
+    figures_dir = check_parameter("figures_dir", figures_dir, kind="path")
+    tsne_max_items = check_parameter("tsne_max_items", tsne_max_items, kind="int", minimum=4, optional=True,
+                                     none_means="every test image")
     return resolve_run_dirs(run_dirs, base=base), resolve_path(figures_dir, base), tsne_max_items
 
 
 def changed_dataset_or_imb(config: TrainConfig, reference: TrainConfig) -> bool:
     """True when ``config`` trains another dataset or imbalance than ``reference``."""
     return config.dataset != reference.dataset or config.imb != reference.imb
-
-
-def _preset_config(name: str) -> TrainConfig:
-    return preset(name)
-
-
-# Fields that change where or how fast a run goes, not what it learns.
-_NON_RECIPE_FIELDS = {
-    "data_root", "train_list", "test_list", "seed", "device", "num_workers", "pipeline", "amp", "channels_last",
-    "compile", "deterministic", "progress", "eval_interval", "sync_bn",
-}
-
-
-def _recipe_differences(config: TrainConfig, reference: TrainConfig) -> list[str]:
-    mine, theirs = config.to_dict(), reference.to_dict()
-    return [
-        f"{key}={mine[key]!r}" if not isinstance(mine[key], float) else f"{key}={mine[key]:g}"
-        for key in mine
-        if key not in _NON_RECIPE_FIELDS and mine[key] != theirs[key]
-    ]
-
-
-def _same_recipe(config: TrainConfig, reference: TrainConfig) -> bool:
-    return not _recipe_differences(config, reference)
-
-
-def _format_changes(changes: dict) -> str:
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in changes.items())
-
-
-def _apply_override(config: TrainConfig, key, value) -> TrainConfig:
-    """Return ``config`` with one override applied; the error sentence speaks of ``overrides``, not ``--set``."""
-    if not isinstance(key, str):
-        raise ConfigError(f"overrides key {key!r} is not accepted; keys are config field names (text)")
-    try:
-        return apply_overrides(config, {key: value})
-    except ConfigError as error:
-        text = str(error)
-        if text.startswith("--set "):
-            reason = text.split("; ", 1)[-1]
-            raise ConfigError(f"overrides {key}={value!r} is not accepted; {reason}") from None
-        if text.startswith("parameter ") and "is not a config field" in text:
-            raise ConfigError(f"overrides key {key!r} is not a config field" + text.split("config field", 1)[1]) from None
-        raise
 
 
 __all__ = [

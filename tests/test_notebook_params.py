@@ -147,9 +147,37 @@ def test_explicit_preset_brings_its_dataset_and_imbalance(fake_repo):
     assert (run.config.dataset, run.config.imb, run.config.seed, run.config.batch_size) == ("cifar10", 10.0, 3, 128)
     assert run.config.tau == PRESETS["cifar10_imb10"].tau
     assert run.run_name == "cifar10_imb10_concutmix_imb10_seed3"
-    moved = resolve(fake_repo, preset="cifar10_imb10", imb=50)
+    same = resolve(fake_repo, preset="cifar10_imb10", dataset="cifar10", imb=10)  # agreeing values are fine
+    assert same.config == resolve(fake_repo, preset="cifar10_imb10").config and same.preset == "cifar10_imb10"
+    moved = resolve(fake_repo, preset="cifar10_imb10", overrides={"imb": 50})  # on purpose, through overrides
     assert moved.config.imb == 50.0 and moved.config.tau == PRESETS["cifar10_imb10"].tau
-    assert moved.run_name == "cifar10_concutmix_imb50_seed0"
+    assert moved.run_name == "cifar10_concutmix_imb50_seed0" and moved.preset is None
+
+
+@pytest.mark.parametrize("params, sentence", [
+    ({"preset": "cifar10_imb100", "dataset": "cifar100"},
+     "parameter dataset='cifar100' contradicts preset='cifar10_imb100'; that preset trains dataset='cifar10'; leave "
+     "dataset None to take it from the preset, or change it through overrides"),
+    ({"preset": "cifar10_imb100", "imb": 50},
+     "parameter imb=50 contradicts preset='cifar10_imb100'; that preset trains imb=100.0; leave imb None to take "
+     "it from the preset, or change it through overrides"),
+])
+def test_a_parameter_contradicting_the_explicit_preset_is_refused(fake_repo, params, sentence):
+    with pytest.raises(ConfigError) as error:
+        resolve(fake_repo, **params)
+    assert str(error.value) == sentence and error.value.field == next(k for k in params if k != "preset")
+
+
+def test_not_given_is_none_in_the_notebook_and_its_parameters_cell():
+    import json
+
+    assert set(NOTEBOOK_PARAMETERS["train"].values()) == {None}
+    cells = json.loads((REPO / "notebooks" / "train.ipynb").read_text())["cells"]
+    parameters = [cell for cell in cells if "parameters" in cell.get("metadata", {}).get("tags", [])]
+    assert len(parameters) == 1 and not parameters[0].get("outputs")
+    namespace: dict = {}
+    exec("".join(parameters[0]["source"]), namespace)
+    assert {key: namespace[key] for key in NOTEBOOK_PARAMETERS["train"]} == NOTEBOOK_PARAMETERS["train"]
 
 
 def test_synthetic_caps_topk_at_its_classes(fake_repo):
@@ -165,12 +193,16 @@ def test_synthetic_caps_topk_at_its_classes(fake_repo):
     ({"epochs": 2.5}, "parameter epochs=2.5 is not accepted"),
     ({"seed": -1}, "parameter seed=-1 is not accepted"),
     ({"batch_size": 1}, "parameter batch_size=1 is not accepted"),
-    ({"method": "mixup"}, "parameter method='mixup' is not accepted; choose one of: ce, la, cutmix, bcl, concutmix"),
+    ({"method": "mixup"}, "parameter method='mixup' is not accepted; method must be one of: ce, la, cutmix, bcl, "
+                          "concutmix or None (the preset's)"),
+    ({"seed": 2**32}, "parameter seed=4294967296 is not accepted; seed must be an integer in 0..4294967295"),
+    ({"epochs": float("inf")}, "parameter epochs=inf is not accepted; epochs must be an integer >= 1"),
     ({"dataset": "mnist"}, "parameter dataset='mnist' is not accepted"),
     ({"device": "tpu"}, "parameter device='tpu' is not accepted"),
     ({"preset": "cifar100_imb7"}, "parameter preset='cifar100_imb7' is unknown"),
     ({"overrides": "topk=10"}, "parameter overrides='topk=10' is not accepted"),
-    ({"overrides": {"topk": "ten"}}, "overrides topk='ten' is not accepted; topk takes an integer"),
+    ({"overrides": {"topk": "ten"}}, "overrides topk='ten' is not accepted; topk must be an integer >= 1"),
+    ({"overrides": {"lr": float("nan")}}, "overrides lr=nan is not accepted; lr must be a finite number > 0"),
     ({"overrides": {"bogus": 1}}, "overrides key 'bogus' is not a config field"),
     ({"overrides": {"topk": 1000}}, "topk=1000 is not accepted"),
     ({"out_dir": 5}, "parameter out_dir=5 is not accepted"),
@@ -228,6 +260,7 @@ def test_describe_summary_labels_best_as_selected_on_test():
     assert "best top-1  42.25 (epoch 1; selected on the test set, optimistic)" in text
 
 
+@pytest.mark.integration
 def test_train_under_two_processes_follows_a_torchrun_subprocess(tmp_path):
     run = resolve_train_parameters(
         dataset="synthetic", epochs=1, batch_size=32, nproc_per_node=2, out_dir=str(tmp_path / "run"),
