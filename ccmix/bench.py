@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -105,6 +106,22 @@ def _random_training_set(num_images: int, num_classes: int = 10, seed: int = 0):
     return ArrayImages(images, targets, [f"class_{c}" for c in range(num_classes)])
 
 
+@contextmanager
+def _quiet_profiler_log():
+    """Keep the profiler's C++ library (Kineto) from logging its start, stop and device probes on stderr.
+
+    Kineto reads KINETO_LOG_LEVEL once, when the profiler is first used in the process; 6 is above its
+    highest level. A value the user set is kept, and the variable is restored afterwards.
+    """
+    previous = os.environ.get("KINETO_LOG_LEVEL")
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("KINETO_LOG_LEVEL", None)
+
+
 def count_operator_calls(function, *args, **kwargs) -> int:
     """Return the number of top-level torch operator (``aten::``) calls ``function(*args, **kwargs)`` makes.
 
@@ -112,7 +129,7 @@ def count_operator_calls(function, *args, **kwargs) -> int:
     """
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with _quiet_profiler_log(), profile(activities=[ProfilerActivity.CPU]) as prof:
         function(*args, **kwargs)
     count = 0
     for event in prof.events():

@@ -215,8 +215,13 @@ class TrainRun:
         return "\n".join(lines)
 
 
-def nearest_base_preset(dataset: str, imb: float) -> str | None:
-    """Return the preset a dataset without a published one for ``imb`` starts from, or None (the defaults)."""
+def nearest_base_preset(dataset: str, imb: float, num_classes: int | None = None) -> str | None:
+    """Return the preset a dataset without a published one for ``imb`` starts from, or None (the defaults).
+
+    ``num_classes`` (folder datasets) picks the CIFAR-10 recipe for up to 10 classes, else CIFAR-100.
+    """
+    if dataset == "folder":
+        dataset = "cifar10" if num_classes is not None and num_classes <= 10 else "cifar100"
     if dataset in ("cifar10", "cifar100"):
         # Nearest published imbalance on a log scale (imb 20 is closer to 10 than to 50).
         nearest = min(_CIFAR_PRESET_IMBS, key=lambda published: (abs(math.log(imb / published)), -published))
@@ -227,7 +232,7 @@ def nearest_base_preset(dataset: str, imb: float) -> str | None:
         return "inat2018_resnet50_100"
     if dataset in LIST_DATASETS:
         return "imagenet_lt_resnet50_100"
-    return "cifar100_imb100"  # folder datasets: the CIFAR-100 recipe; top-k is capped at the class count
+    return "cifar100_imb100"
 
 
 def default_run_name(preset_name: str | None, dataset: str, method: str, imb: float, seed: int) -> str:
@@ -313,7 +318,10 @@ def resolve_train_parameters(
             base = named_after
             config = preset_config(base)
         else:
-            base = nearest_base_preset(dataset, imb_value)
+            folder = resolve_path(data_root if data_root is not None else TrainConfig.data_root, root)
+            classes = (TrainConfig(dataset="folder", data_root=os.fspath(folder)).num_classes
+                       if dataset == "folder" and os.path.isdir(folder / "train") else None)
+            base = nearest_base_preset(dataset, imb_value, num_classes=classes)
             config = preset_config(base).replace(dataset=dataset, imb=imb_value)
             notes.append(
                 f"there is no published preset for {dataset} at imb {imb_value:g}; starting from {base} "

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from ccmix.io import atomic_write
 
@@ -219,6 +220,7 @@ def _plot_series(ax, metrics: pd.DataFrame, column: str, **style):
         return None
     marker = "o" if len(data) <= 20 else None
     (line,) = ax.plot(data["epoch"], data[column], marker=marker, markersize=3, **style)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 0.5 or 1.5 ticks
     return line
 
 

@@ -12,6 +12,7 @@ def test_quick_bench_prints_one_json_line_with_every_figure():
                             capture_output=True, text=True, check=True)
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(lines) == 1
+    assert result.stderr == ""  # no profiler log lines around the JSON
     figures = json.loads(lines[0])
     for key in ("data_classic", "data_fast", "train_classic", "train_fast"):
         assert figures[key] > 0, key

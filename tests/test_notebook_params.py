@@ -130,6 +130,19 @@ def test_unpublished_imbalance_starts_from_the_nearest_preset_and_says_so(fake_r
     assert nearest_base_preset("cifar10", 200) == "cifar10_imb100"
 
 
+@pytest.mark.parametrize("classes, imb, base", [(10, 100, "cifar10_imb100"), (10, 12, "cifar10_imb10"),
+                                                 (20, 100, "cifar100_imb100")])
+def test_folder_dataset_starts_from_the_cifar_preset_nearest_in_classes_and_imbalance(fake_repo, classes, imb, base):
+    for split in ("train", "test"):
+        for c in range(classes):
+            (fake_repo / "images" / split / f"class{c:02d}").mkdir(parents=True)
+    run = resolve(fake_repo, dataset="folder", data_root="images", imb=imb)
+    assert run.base == base and run.config.dataset == "folder" and run.config.imb == imb
+    assert run.config.topk <= classes
+    assert nearest_base_preset("folder", imb, num_classes=classes) == base
+    assert nearest_base_preset("folder", 100) == "cifar100_imb100"  # class count unknown: the CIFAR-100 recipe
+
+
 def test_method_epochs_and_overrides_apply_and_the_published_number_no_longer_applies(fake_repo):
     run = resolve(fake_repo, method="la", epochs=5, overrides={"topk": 10, "omega": "20/255"})
     reference = preset("cifar100_imb100")

@@ -123,6 +123,14 @@ def test_learning_curves_single_and_many(two_runs):
     assert len(many.axes[0].get_lines()) == 2  # one loss line per run
 
 
+def test_epoch_axes_show_whole_epochs(two_runs):
+    runs, _ = two_runs  # three epochs: the default locator would tick 1.0, 1.25, 1.5, ...
+    for figure in (viz.learning_curves(runs[0]), viz.learning_curves(runs)):
+        for axis in figure.axes:
+            ticks = axis.get_xticks()
+            assert len(ticks) >= 2 and all(float(tick).is_integer() for tick in ticks), (axis.get_title(), ticks)
+
+
 def test_shot_table_and_bars_values(two_runs):
     runs, written = two_runs
     table = viz.shot_table(runs, labels=["la", "ccm"])
