@@ -18,6 +18,11 @@ import errno
 import os
 import re
 
+
+class RunFailed(RuntimeError):
+    """A run stopped on a recognised fault (disk, memory); the message is the sentence for the user."""
+
+
 _WORKER_PREFIX = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.")
 
 
@@ -82,4 +87,19 @@ def failure_sentence(error: BaseException, folder: str | os.PathLike | None = No
     return None
 
 
-__all__ = ["original_message", "os_error_sentence", "failure_sentence"]
+def as_user_error(error: BaseException, folder: str | os.PathLike | None = None) -> BaseException | None:
+    """Return the exception to show the user instead of ``error`` (its message the sentence), or None when
+    ``error`` is not a recognised fault.
+
+    Data errors stay ValueError (a worker's error is unwrapped to the worker's sentence);
+    disk and memory faults become :class:`RunFailed`.
+    """
+    sentence = failure_sentence(error, folder)
+    if sentence is None:
+        return None
+    if isinstance(error, (ValueError, FileNotFoundError)):  # data: a missing file, an unreadable image
+        return error if str(error) == sentence else ValueError(sentence)
+    return RunFailed(sentence)
+
+
+__all__ = ["RunFailed", "original_message", "os_error_sentence", "failure_sentence", "as_user_error"]

@@ -72,12 +72,17 @@ def torchrun_command(
         # every node derives the same id from the shared run folder unless one is given
         default_id = "ccmix-" + hashlib.sha1(str(out).encode()).hexdigest()[:12]
         command += ["--rdzv-endpoint", rdzv_endpoint, "--rdzv-id", rdzv_id or default_id]
-    command += ["-m", "ccmix", "train"]
+    return command + ["-m", "ccmix", *train_arguments(preset, overrides, out)]
+
+
+def train_arguments(preset: str | None, overrides: dict | None, out_dir: str | os.PathLike) -> list[str]:
+    """Return the arguments after ``python -m ccmix``: ``train [--preset P] [--set key=value ...] --out DIR``."""
+    arguments = ["train"]
     if preset:
-        command += ["--preset", preset]
+        arguments += ["--preset", preset]
     for key, value in (overrides or {}).items():
-        command += ["--set", f"{key}={format_override(value)}"]
-    return command + ["--out", str(out)]
+        arguments += ["--set", f"{key}={format_override(value)}"]
+    return arguments + ["--out", str(Path(out_dir).resolve())]
 
 
 def launch_torchrun(
@@ -216,4 +221,5 @@ def follow_run(
         )
 
 
-__all__ = ["launch_torchrun", "follow_run", "stop_run", "log_tail", "torchrun_command", "format_override"]
+__all__ = ["launch_torchrun", "follow_run", "stop_run", "log_tail", "torchrun_command", "format_override",
+           "train_arguments"]

@@ -60,7 +60,8 @@ NOTEBOOK_PARAMETERS: dict[str, dict[str, object]] = {
     "analyze": {"run_dirs": "../papermill_runs/*", "figures_dir": "../figures", "tsne_max_items": 2000},
     "sweep": {
         "methods": ["la", "concutmix"], "imbs": [100], "seeds": [0], "base_params": {},
-        "runs_dir": "papermill_runs", "kernel": "python3",
+        "runs_dir": "papermill_runs", "launcher": "local", "jobs": 1, "slurm": {}, "redo_mismatched": False,
+        "kernel": "python3",
     },
 }
 

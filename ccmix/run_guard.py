@@ -1,0 +1,163 @@
+"""Finished results are never overwritten: what a training may do with an existing run folder.
+
+A run folder of Contrastive CutMix (Pan et al., "Enhanced Long-Tailed Recognition with
+Contrastive CutMix Augmentation", IEEE TIP 2024; see ``docs/method.md``) holds one
+run. Before any data loads, :func:`examine` compares what is asked with what the folder
+holds and decides:
+
+* ``fresh``: no run files; train from scratch;
+* ``resume``: a checkpoint of the same recipe, or a start that never completed an epoch;
+* ``completed``: the same run is already finished; nothing is rewritten.
+
+and refuses, with a sentence naming the differing fields and suggesting a new
+``out_dir``, a different recipe or seed, fewer epochs than were trained, another number
+of epochs without ``allow_more_epochs`` (the learning-rate schedule depends on it), and
+a folder holding results whose checkpoint is missing. After the data loads,
+:func:`check_data_identity` refuses data that differs from the data the run was trained
+on (see ``ccmix.data.identity``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ccmix.config import ConfigError, TrainConfig, resume_differences
+from ccmix.io import read_json
+
+CONFIG, SUMMARY, METRICS = "config.json", "summary.json", "metrics.jsonl"
+CHECKPOINTS = ("last.pt", "previous.pt")
+RESULT_FILES = ("best.pt", "per_class.csv", "predictions.npz")  # what a run that got somewhere leaves
+RUN_FILES = (CONFIG, SUMMARY, METRICS, *CHECKPOINTS, *RESULT_FILES, "last.pt.damaged")
+
+
+class RunFolderConflict(ConfigError):
+    """The run folder holds another run, or results that this training would overwrite."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a training does with its run folder: ``action`` is fresh, resume or completed."""
+
+    action: str
+    summary: dict | None = None  # the finished run's summary.json when action is completed
+    extends: bool = False  # True when allow_more_epochs lets a finished schedule run longer
+
+
+def _read(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as error:
+        raise RunFolderConflict(
+            f"{str(path)!r} cannot be read ({type(error).__name__}: {error}); the run folder is damaged, so "
+            "nothing was changed in it: use a new out_dir, or move the damaged file away"
+        ) from None
+    return data if isinstance(data, dict) else None
+
+
+def _value(config: dict, key: str) -> str:
+    value = config.get(key)
+    return repr(list(value) if isinstance(value, tuple) else value)
+
+
+def describe_differences(saved: dict, requested: TrainConfig, names: list[str]) -> str:
+    """Return ``method: 'la' in the folder, 'ce' asked`` phrases for the differing fields ``names``."""
+    wanted = requested.to_dict()
+    return "; ".join(f"{name}: {_value(saved, name)} in the folder, {_value(wanted, name)} asked" for name in names)
+
+
+def _new_out(folder: Path) -> str:
+    return f"choose a new out_dir (--out) such as {str(folder.with_name(folder.name + '-2'))!r}"
+
+
+def examine(folder: str | os.PathLike, config: TrainConfig, allow_more_epochs: bool = False) -> Verdict:
+    """Return what training ``config`` into ``folder`` may do; RunFolderConflict (a sentence) when it may not.
+
+    Reads config.json, summary.json and the names of the other files only: no checkpoint
+    is loaded and no data is read.
+    """
+    folder = Path(folder)
+    present = [name for name in RUN_FILES if (folder / name).exists()]
+    if not present:
+        return Verdict("fresh")
+    saved = _read(folder / CONFIG)
+    summary = _read(folder / SUMMARY)
+    has_checkpoint = any((folder / name).exists() for name in CHECKPOINTS)
+    done = int((summary or {}).get("epochs_completed") or 0)
+    if saved is None:
+        if has_checkpoint:  # a run folder from before config.json existed: the checkpoint is compared on resume
+            return Verdict("resume")
+        raise RunFolderConflict(
+            f"{str(folder)!r} holds run files ({', '.join(present)}) but no config.json saying how they were made, "
+            f"so training into it could mix two runs; {_new_out(folder)}"
+        )
+    differences = resume_differences(saved, config)
+    if differences:
+        raise RunFolderConflict(
+            f"{str(folder)!r} holds a run with other settings ({describe_differences(saved, config, differences)}); "
+            f"resuming would mix two recipes, so nothing was changed: {_new_out(folder)}, or ask for the same "
+            "settings to resume"
+        )
+    planned = saved.get("epochs")
+    extends = False
+    if planned is not None and planned != config.epochs:
+        if config.epochs < planned:
+            raise RunFolderConflict(
+                f"{str(folder)!r} holds a run of epochs={planned} ({done} completed) and epochs={config.epochs} was "
+                f"asked; a shorter schedule would relabel or discard trained epochs, so nothing was changed: "
+                f"{_new_out(folder)}"
+            )
+        if not allow_more_epochs:
+            raise RunFolderConflict(
+                f"{str(folder)!r} holds a run of epochs={planned} and epochs={config.epochs} was asked; the "
+                "learning-rate schedule depends on the number of epochs, so this is another recipe: "
+                f"{_new_out(folder)}, or pass --extend-epochs (allow_more_epochs=True) to continue this run "
+                f"to epoch {config.epochs}"
+            )
+        extends = True
+    if summary is not None and summary.get("status") == "completed" and not extends:
+        return Verdict("completed", summary=summary)
+    results = [name for name in RESULT_FILES if (folder / name).exists()]
+    # a run that failed or was stopped before its first checkpoint has nothing to lose: it starts over
+    never_saved = summary is not None and summary.get("status") in ("failed", "interrupted") and done == 0
+    if not has_checkpoint and (results or done > 0) and not never_saved:
+        held = ", ".join(results) or f"summary.json ({done} epochs completed)"
+        raise RunFolderConflict(
+            f"{str(folder)!r} holds results ({held}) but no last.pt or previous.pt to resume from; training would "
+            f"overwrite them, so nothing was changed: {_new_out(folder)}"
+        )
+    return Verdict("resume", extends=extends)
+
+
+def completed_message(folder: str | os.PathLike, summary: dict) -> str:
+    """Return the line saying that ``folder`` already holds this run, finished."""
+    final = (summary.get("final") or {}).get("top1")
+    top1 = f", final top-1 {final:.2f}" if isinstance(final, (int, float)) else ""
+    return (f"{str(folder)!r} already holds this run, completed ({summary.get('epochs_completed')} of "
+            f"{summary.get('epochs')} epochs{top1}); nothing was rewritten")
+
+
+def check_data_identity(saved: dict | None, current: dict, where: str, compare_test: bool = True) -> None:
+    """Raise RunFolderConflict naming what changed when the data ``current`` is not the data of ``saved``.
+
+    ``saved`` is config.json's or a checkpoint's identity (None: an old run without one);
+    ``where`` names the run folder or checkpoint in the sentence.
+    """
+    from ccmix.data.identity import identity_differences
+
+    if not saved:
+        return
+    phrases = identity_differences(saved, current, compare_test=compare_test)
+    if phrases:
+        raise RunFolderConflict(
+            f"{where} was trained on other data than found now: {'; '.join(phrases)}; its class indices would no "
+            "longer mean the same classes, so nothing was changed: restore the data it was trained on, or train "
+            "a new run into a new out_dir"
+        )
+
+
+__all__ = ["RunFolderConflict", "Verdict", "examine", "completed_message", "check_data_identity",
+           "describe_differences", "RUN_FILES"]
