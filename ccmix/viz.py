@@ -34,12 +34,6 @@ from ccmix.io import atomic_write
 
 GROUP_ORDER = ("many", "medium", "few")
 GROUP_COLORS = {"many": "#1f77b4", "medium": "#ff7f0e", "few": "#d62728"}
-# Config keys that never tell runs apart in a label: paths, derived lists and run plumbing.
-_LABEL_IGNORED_KEYS = {
-    "data_root", "train_list", "test_list", "out_dir", "class_names", "train_class_counts", "num_classes",
-    "world_size", "progress", "num_workers", "device", "pipeline", "amp", "channels_last", "compile",
-    "deterministic", "ccmix_version",
-}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 
 
@@ -104,9 +98,12 @@ def run_labels(runs, exclude: Iterable[str] = ()) -> list[str]:
     charts average them). Runs whose configs agree are labelled by their folder names (or all alike
     when seeds are excluded).
     """
+    from ccmix.config import fields_with_role, recipe_fields
+
     records = _as_runs(runs)
-    excluded = set(exclude) | _LABEL_IGNORED_KEYS
-    keys = sorted({key for record in records for key in record.config} - excluded)
+    # what a run learns and its seed tell runs apart; paths, devices and derived values never do
+    telling = {*recipe_fields(), *fields_with_role("seed"), "preset"} - set(exclude)
+    keys = sorted({key for record in records for key in record.config} & telling)
     varying = [key for key in keys if len({_hashable(r.config.get(key)) for r in records}) > 1]
     if not varying:
         return ["all runs"] * len(records) if exclude else [r.name for r in records]
@@ -136,6 +133,70 @@ def _labels_for(records: list[RunRecord], labels: Sequence[str] | None) -> list[
     if len(labels) != len(records):
         raise ValueError(f"labels has {len(labels)} entries but there are {len(records)} runs")
     return list(labels)
+
+
+class UnusableRun(ValueError):
+    """A run folder the analysis cannot use; the message is one sentence naming it and saying why."""
+
+
+# what a run's config.json must hold for its figures and tables to mean anything
+_REQUIRED_CONFIG_KEYS = ("method", "dataset", "imb", "seed", "num_classes", "train_class_counts")
+
+
+def run_problem(run) -> str | None:
+    """Return why a run folder cannot be analysed, as one sentence naming it, or None when it can: not
+    completed (failed, diverged, still running), non-finite results, or a missing or inconsistent config."""
+    try:
+        record = load_run(run)
+    except (ValueError, OSError) as error:  # a missing folder, or a damaged JSON / CSV file
+        return f"run {str(getattr(run, 'path', run))!r} cannot be read ({error})"
+    name = f"run {record.name!r}"
+    if not record.config:
+        return f"{name} has no config.json"
+    if record.summary is None:
+        return f"{name} has no summary.json (it has not finished an epoch)"
+    status = record.summary.get("status")
+    if status != "completed":
+        error = record.summary.get("error")
+        return f"{name} is {status or 'of unknown status'}" + (f": {error}" if error else "")
+    missing = [key for key in _REQUIRED_CONFIG_KEYS if key not in record.config]
+    if missing:
+        return f"{name} has a config.json without {', '.join(missing)}"
+    counts = record.config["train_class_counts"]
+    if not isinstance(counts, list) or len(counts) != record.config["num_classes"]:
+        return f"{name} has a config.json whose train_class_counts do not list its num_classes classes"
+    disagreeing = [key for key in ("method", "dataset", "seed")
+                   if key in record.summary and record.summary[key] != record.config[key]]
+    if disagreeing:
+        return f"{name} has a summary.json that disagrees with its config.json on {', '.join(disagreeing)}"
+    for which in ("final", "best"):
+        result = record.summary.get(which) or {}
+        if result.get("top1") is None:
+            return f"{name} has no {which} top-1 in summary.json"
+        bad = [key for key in ("top1", *GROUP_ORDER) if result.get(key) is not None
+               and not (isinstance(result[key], (int, float)) and np.isfinite(result[key]))]
+        if bad:
+            return f"{name} has non-finite {which} {', '.join(bad)} in summary.json"
+    if record.per_class is not None and "accuracy" in record.per_class:
+        accuracy = pd.to_numeric(record.per_class["accuracy"], errors="coerce")
+        if np.isinf(accuracy).any():
+            return f"{name} has non-finite per-class accuracies in per_class.csv"
+    return None
+
+
+def usable_runs(runs, report=print) -> list[RunRecord]:
+    """Return the :class:`RunRecord` of every run the analysis can use, in order; each other run is skipped
+    with one sentence passed to ``report`` (default: printed)."""
+    if isinstance(runs, (str, os.PathLike, RunRecord)):
+        runs = [runs]
+    usable = []
+    for run in runs:
+        problem = run_problem(run)
+        if problem is not None:
+            report(f"skipped: {problem}")
+            continue
+        usable.append(load_run(run))
+    return usable
 
 
 # --------------------------------------------------------------------------- saving
@@ -266,6 +327,35 @@ def shot_bars(runs, labels: Sequence[str] | None = None, which: str = "final") -
            title=f"{which}-epoch accuracy by shot group" + (" (best: selected on test)" if which == "best" else ""))
     if ax.get_legend() is not None:
         ax.legend(title=None, fontsize="small")
+    return fig
+
+
+def reproduction(results: pd.DataFrame) -> Figure:
+    """Return grouped bars, one group per published preset that completed runs reproduce: the published top-1,
+    our final and our best top-1 (mean over seeds, standard-deviation error bars), from
+    ``ccmix.sweep.collect_results`` (or its ``reproduction_table``)."""
+    from ccmix.sweep import reproduction_table
+
+    table = results if "final_top1_mean" in results else reproduction_table(results)
+    series = (("published", "published_top1", None, "0.55"), ("ours, final epoch", "final_top1_mean",
+              "final_top1_std", "C0"), ("ours, best epoch (selected on test)", "best_top1_mean", "best_top1_std", "C2"))
+    fig = Figure(figsize=(max(6.0, 1.0 + 2.2 * len(table)), 4.2), layout="constrained")
+    ax = fig.subplots()
+    if table.empty:
+        ax.text(0.5, 0.5, "no completed run reproduces a published preset\n(its recipe unchanged, any seed)",
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    positions, width = np.arange(len(table)), 0.27
+    for offset, (label, mean_column, std_column, color) in zip((-width, 0.0, width), series):
+        heights = table[mean_column].to_numpy(dtype=float)
+        errors = table[std_column].fillna(0.0).to_numpy(dtype=float) if std_column else None
+        bars = ax.bar(positions + offset, heights, width, yerr=errors, capsize=3, color=color, label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize="x-small", padding=2)
+    ax.set_xticks(positions, [f"{name}\n({int(runs)} run{'s' if runs != 1 else ''})"
+                              for name, runs in zip(table.index, table["runs"])])
+    ax.set(ylabel="test top-1 (%)", ylim=(0, 100), title="reproduction: published top-1 against ours")
+    ax.legend(fontsize="small", loc="upper right")
     return fig
 
 
@@ -406,7 +496,7 @@ def tsne_scatter(points: np.ndarray, labels: np.ndarray, train_counts: Sequence[
 def tsne_of_run(run, max_items: int | None = 2000, seed: int = 0, title: str | None = None,
                 checkpoint: str = "last.pt", space: str = "features") -> Figure | None:
     """Return the t-SNE scatter of a run's test images (coloured by many/medium/few), or None when the run
-    folder has no checkpoint. ``space`` is "features" (encoder output, trained by every method) or
+    folder has no checkpoint; UnusableRun when its features are not finite. ``space`` is "features" (encoder output, trained by every method) or
     "embedding" (the normalised projection of the contrastive methods). Embeds up to ``max_items`` test
     images with ``ccmix.engine.embed_test_set``."""
     from ccmix.engine import embed_test_set
@@ -417,6 +507,9 @@ def tsne_of_run(run, max_items: int | None = 2000, seed: int = 0, title: str | N
     if not (record.path / checkpoint).is_file():
         return None
     embedded = embed_test_set(record.path, checkpoint=checkpoint, max_items=max_items)
+    if not np.isfinite(embedded[space]).all():
+        raise UnusableRun(f"run {record.name!r} gives non-finite test {space} from {checkpoint} (its weights "
+                          "overflow), so it has no t-SNE")
     points = tsne_embedding(embedded[space], seed=seed)
     config = record.config
     return tsne_scatter(points, embedded["labels"], config["train_class_counts"],
@@ -538,7 +631,8 @@ def gallery(images, titles: Sequence[str], ncols: int = 4, boxes: Sequence[Seque
 
 
 __all__ = [
-    "RunRecord", "confused_pairs", "confused_pairs_table", "gallery", "label_bars", "learning_curves", "load_run",
-    "mixed_sample_panel", "per_class_vs_count", "run_labels", "save_figure", "shot_bars", "shot_table",
-    "to_display_image", "tsne_embedding", "tsne_of_run", "tsne_scatter",
+    "RunRecord", "UnusableRun", "confused_pairs", "confused_pairs_table", "gallery", "label_bars", "learning_curves",
+    "load_run", "mixed_sample_panel", "per_class_vs_count", "reproduction", "run_labels", "run_problem",
+    "save_figure", "shot_bars", "shot_table", "to_display_image", "tsne_embedding", "tsne_of_run", "tsne_scatter",
+    "usable_runs",
 ]

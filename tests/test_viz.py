@@ -262,3 +262,98 @@ def test_viz_does_not_select_a_backend():
     code = "import matplotlib, ccmix.viz, sys; sys.exit(0 if 'matplotlib.pyplot' not in sys.modules else 1)"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+# --------------------------------------------------------------------------- runs the analysis cannot use
+
+
+def test_usable_runs_skip_what_cannot_be_analysed_with_one_sentence_each(tmp_path):
+    good = [tmp_path / "good_a", tmp_path / "good_b"]
+    for index, folder in enumerate(good):
+        write_fake_run(folder, seed=index)
+    write_fake_run(tmp_path / "diverged")
+    summary = json.loads((tmp_path / "diverged" / "summary.json").read_text())
+    summary.update(status="failed", error="the loss became NaN at epoch 2")
+    (tmp_path / "diverged" / "summary.json").write_text(json.dumps(summary))
+    write_fake_run(tmp_path / "nan")
+    summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
+    summary["final"]["few"] = float("nan")
+    (tmp_path / "nan" / "summary.json").write_text(json.dumps(summary))  # json writes NaN
+    write_fake_run(tmp_path / "no_config")
+    (tmp_path / "no_config" / "config.json").unlink()
+    write_fake_run(tmp_path / "other_method")
+    summary = json.loads((tmp_path / "other_method" / "summary.json").read_text())
+    summary["method"] = "ce"
+    (tmp_path / "other_method" / "summary.json").write_text(json.dumps(summary))
+    write_fake_run(tmp_path / "damaged")
+    (tmp_path / "damaged" / "config.json").write_text('{"method": "la"')
+
+    order = ["diverged", "good_a", "nan", "no_config", "good_b", "other_method", "damaged"]
+    sentences = []
+    records = viz.usable_runs([tmp_path / name for name in order], report=sentences.append)
+    assert [record.name for record in records] == ["good_a", "good_b"]
+    assert len(sentences) == 5 and all("\n" not in s and s.startswith("skipped: run ") for s in sentences)
+    assert sentences[0] == "skipped: run 'diverged' is failed: the loss became NaN at epoch 2"
+    assert sentences[1] == "skipped: run 'nan' has non-finite final few in summary.json"
+    assert sentences[2] == "skipped: run 'no_config' has no config.json"
+    assert sentences[3] == "skipped: run 'other_method' has a summary.json that disagrees with its config.json on method"
+    assert "damaged" in sentences[4] and "cannot be read" in sentences[4]
+    # the figures then draw the usable runs only
+    assert len(viz.shot_table(records)) == 2 * 4
+
+
+def test_tsne_of_a_run_with_non_finite_features_is_refused_in_one_sentence(tmp_path, monkeypatch):
+    import ccmix.engine
+
+    write_fake_run(tmp_path / "r")
+    (tmp_path / "r" / "last.pt").write_bytes(b"weights")  # only its presence is looked at before embedding
+    features = np.ones((20, 4), dtype=np.float32)
+    features[3, 1] = np.inf  # what the encoder of overflowing weights returns
+    monkeypatch.setattr(ccmix.engine, "embed_test_set", lambda *a, **k: {"features": features,
+                                                                         "labels": np.arange(20) % 8})
+    with pytest.raises(viz.UnusableRun, match="run 'r' gives non-finite test features from last.pt"):
+        viz.tsne_of_run(tmp_path / "r")
+
+
+# --------------------------------------------------------------------------- reproduction of the published results
+
+
+def test_reproduction_bars_equal_the_table(tmp_path):
+    from ccmix import sweep
+    from ccmix.config import PUBLISHED_TOP1, preset
+
+    for name, tops in (("cifar100_imb100", (50.0, 53.0, 51.5)), ("cifar10_imb100", (84.0,))):
+        for seed, top1 in enumerate(tops):
+            folder = tmp_path / f"{name}_seed{seed}"
+            folder.mkdir()
+            config = dict(preset(name).to_dict(), seed=seed, preset=name)
+            (folder / "config.json").write_text(json.dumps(config))
+            final = {"epoch": 200, "top1": top1, "many": None, "medium": None, "few": None}
+            (folder / "summary.json").write_text(json.dumps({"status": "completed", "final": final,
+                                                              "best": dict(final, top1=top1 + 1.0)}))
+    results = sweep.collect_results(sweep.run_folders(tmp_path))
+    table = sweep.reproduction_table(results)
+    assert list(table.index) == ["cifar100_imb100", "cifar10_imb100"]
+    assert table.loc["cifar100_imb100", "final_top1_mean"] == pytest.approx(np.mean([50.0, 53.0, 51.5]))
+    assert table.loc["cifar100_imb100", "final_top1_std"] == pytest.approx(np.std([50.0, 53.0, 51.5], ddof=1))
+    assert table.loc["cifar10_imb100", "published_top1"] == PUBLISHED_TOP1["cifar10_imb100"]
+
+    fig = viz.reproduction(results)
+    ax = fig.axes[0]
+    bars = {container.get_label(): [patch.get_height() for patch in container] for container in ax.containers
+            if hasattr(container, "patches")}
+    assert bars["published"] == pytest.approx(list(table["published_top1"]))
+    assert bars["ours, final epoch"] == pytest.approx(list(table["final_top1_mean"]))
+    assert bars["ours, best epoch (selected on test)"] == pytest.approx(list(table["best_top1_mean"]))
+    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == list(table.index)
+    # error bars over seeds: the final bar of cifar100_imb100 spans mean ± std
+    final_errors = [c for c in ax.containers if c.get_label() == "ours, final epoch"][0].errorbar
+    (segments,) = [collection.get_segments() for collection in final_errors.lines[2]]
+    low, high = segments[0][:, 1]
+    std = table.loc["cifar100_imb100", "final_top1_std"]
+    assert (high - low) == pytest.approx(2 * std)
+    viz.save_figure(fig, tmp_path / "figures", "reproduction")
+    assert (tmp_path / "figures" / "reproduction.png").is_file() and (tmp_path / "figures" / "reproduction.svg").is_file()
+
+    empty = viz.reproduction(sweep.collect_results([tmp_path / "cifar10_imb100_seed0"]).assign(published_top1=None))
+    assert "no completed run reproduces a published preset" in empty.axes[0].texts[0].get_text()
