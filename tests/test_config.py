@@ -238,7 +238,7 @@ def test_recipe_differences_compare_configs_and_config_dicts():
     from ccmix.config import recipe_differences
 
     base = preset("cifar100_imb100")
-    changed = base.replace(seed=1, device="cpu", amp=False, epochs=5, milestones=(2, 4))
+    changed = base.replace(seed=1, device="cpu", amp=not base.amp, epochs=5, milestones=(2, 4))
     assert recipe_differences(changed, base) == ["epochs", "milestones"]
     assert recipe_differences(changed.to_dict(), base) == ["epochs", "milestones"]
     assert recipe_differences(changed, base, roles=("recipe", "seed")) == ["epochs", "milestones", "seed"]
@@ -250,7 +250,8 @@ def test_recipe_differences_compare_configs_and_config_dicts():
 def test_preset_matching_ignores_seed_and_runtime_fields_only():
     from ccmix.config import matches_preset, preset_name_for, preset_record, published_top1_for
 
-    seeded = preset("cifar100_imb100").replace(seed=1, device="cpu", num_workers=0, sync_bn=True, amp=False)
+    seeded = preset("cifar100_imb100").replace(seed=1, device="cpu", num_workers=0, sync_bn=True,
+                                               amp=not PRESETS["cifar100_imb100"].amp)
     assert matches_preset(seeded, "cifar100_imb100") and preset_name_for(seeded) == "cifar100_imb100"
     assert published_top1_for(seeded) == 53.16 == published_top1_for(seeded, "cifar100_imb100")
     assert preset_record(seeded) == {"preset": "cifar100_imb100", "published_top1": 53.16}
