@@ -11,11 +11,12 @@ import argparse
 import json
 import time
 
+import numpy as np
 import torch
 
 from ccmix.config import METHODS, preset
-from ccmix.distributed import DistContext
-from ccmix.engine import build_optimizer, build_run_model, compute_step_loss, draw_cutmix_boxes
+from ccmix.evaluation import build_run_model
+from ccmix.step import StepBatch, build_optimizer, train_step
 
 
 def seconds_per_step(method: str, batch_size: int, steps: int, device: torch.device) -> float:
@@ -24,22 +25,18 @@ def seconds_per_step(method: str, batch_size: int, steps: int, device: torch.dev
     counts = torch.tensor([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], dtype=torch.float32, device=device)
     model = build_run_model(config, 10).to(device).train()
     optimizer = build_optimizer(model, config)
-    generator = torch.Generator().manual_seed(0)
-    batch = {
-        "view0": torch.randn(batch_size, 3, 32, 32, device=device),
-        "contrastive": torch.randn(batch_size, 2, 3, 32, 32, device=device) if config.uses_contrastive else None,
-        "labels": torch.randint(0, 10, (batch_size,), device=device),
-        "foreground": torch.randn(batch_size, 3, 32, 32, device=device) if config.uses_cutmix else None,
-        "foreground_labels": torch.randint(0, 10, (batch_size,), device=device) if config.uses_cutmix else None,
-    }
+    cutmix_rng = np.random.default_rng(0)
+    batch = StepBatch(
+        view0=torch.randn(batch_size, 3, 32, 32, device=device),
+        contrastive=torch.randn(batch_size, 2, 3, 32, 32, device=device) if config.uses_contrastive else None,
+        labels=torch.randint(0, 10, (batch_size,), device=device),
+        foreground=torch.randn(batch_size, 3, 32, 32, device=device) if config.uses_cutmix else None,
+        foreground_labels=torch.randint(0, 10, (batch_size,), device=device) if config.uses_cutmix else None,
+    )
     timings = []
     for step in range(steps + 1):
         started = time.perf_counter()
-        boxes = draw_cutmix_boxes(config, generator, batch_size, 32, 32, DistContext())
-        optimizer.zero_grad(set_to_none=True)
-        result = compute_step_loss(model, batch, config, 0, counts, boxes)
-        result.loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, batch, config, 0, counts, cutmix_rng)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if step:  # the first step warms up allocators and kernels

@@ -17,6 +17,9 @@ import numpy as np
 import torch
 
 from ccmix.config import TrainConfig
+from ccmix.distributed import DistContext
+from ccmix.evaluation import build_run_model
+from ccmix.step import build_optimizer, train_step
 
 
 def _synchronize(device: torch.device) -> None:
@@ -42,7 +45,7 @@ def _time_pipeline(pipeline, device: torch.device, batches: int, warmup: int) ->
     samples = 0
     start = time.perf_counter()
     for _ in range(batches):
-        samples += next(iterator)["labels"].shape[0]
+        samples += next(iterator).size
     _synchronize(device)
     seconds = time.perf_counter() - start
     iterator.close()
@@ -189,15 +192,12 @@ def _longtail_training_set(config: TrainConfig, n_max: int, seed: int = 0):
 def _time_training(pipeline, config: TrainConfig, device: torch.device, class_counts: list[int], batches: int,
                    warmup: int) -> float:
     """Return samples/s of full training steps (data, forward, losses, backward, SGD step) after ``warmup`` steps."""
-    from ccmix.distributed import DistContext
-    from ccmix.engine import autocast_context, build_optimizer, build_run_model, compute_step_loss, draw_cutmix_boxes
-
     model = build_run_model(config, len(class_counts)).to(device).train()
     if device.type == "cuda" and config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
     counts = torch.tensor(class_counts, dtype=torch.float32, device=device)
-    generator = torch.Generator().manual_seed(0)
+    cutmix_rng = np.random.default_rng(0)
     context = DistContext(device=device)
 
     iterator = endless_batches(pipeline)
@@ -207,15 +207,9 @@ def _time_training(pipeline, config: TrainConfig, device: torch.device, class_co
             _synchronize(device)
             started = time.perf_counter()
         batch = next(iterator)
-        height, width = batch["view0"].shape[-2:]
-        boxes = draw_cutmix_boxes(config, generator, batch["view0"].shape[0], height, width, context)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast_context(device, config):
-            result = compute_step_loss(model, batch, config, config.l_d_warm, counts, boxes, context)
-        result.loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, batch, config, config.l_d_warm, counts, cutmix_rng, context)
         if step >= warmup:
-            samples += result.count
+            samples += batch.size
     _synchronize(device)
     iterator.close()
     return samples / (time.perf_counter() - started)

@@ -8,8 +8,10 @@ sqrt(1 - lambda) centred uniformly at random and clipped to the image; the box
 region of the background A is replaced by the same region of the foreground B,
 and lambda is recomputed as the exact fraction of A's pixels kept.
 
-Sampling the boxes (``sample_boxes``) is separate from applying them
-(``paste``), so a box can be drawn once, inspected, and reused.
+Sampling the boxes (``sample_boxes``, host-side with NumPy) is separate from
+applying them (``paste``), so a box can be drawn once, inspected, and reused;
+``box_geometry`` is the one rule from a centre and a relative side to a clipped
+box, shared by sampling and by the explorer's hand-placed boxes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -42,45 +45,46 @@ class CutMixBoxes:
         return CutMixBoxes(*(t[index] for t in (self.top, self.left, self.bottom, self.right)))
 
 
-def _log_standard_gamma(shape: float, size: int, generator: torch.Generator | None, device) -> torch.Tensor:
-    """Return log of ``size`` Gamma(shape, 1) draws (float64), reproducible with ``generator``.
-
-    Marsaglia and Tsang (2000) rejection sampling; for shape < 1 the usual boost
-    Gamma(a) = Gamma(a + 1) * U^(1/a), kept in log space so tiny shapes do not underflow.
-    """
-    boosted = shape < 1.0
-    a = shape + 1.0 if boosted else shape
-    d = a - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    log_gamma = torch.empty(size, dtype=torch.float64, device=device)
-    pending = torch.arange(size, device=device)
-    while pending.numel():
-        n = pending.numel()
-        x = torch.randn(n, generator=generator, dtype=torch.float64, device=device)
-        u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
-        v = (1.0 + c * x) ** 3
-        positive = v > 0
-        safe_v = torch.where(positive, v, torch.ones_like(v))
-        accepted = positive & (torch.log(u) < 0.5 * x * x + d - d * safe_v + d * torch.log(safe_v))
-        log_gamma[pending[accepted]] = torch.log(d * safe_v[accepted])
-        pending = pending[~accepted]
-    if boosted:
-        u = torch.rand(size, generator=generator, dtype=torch.float64, device=device)
-        log_gamma = log_gamma + torch.log(u) / shape
-    return log_gamma
+GeneratorLike = np.random.Generator | int | torch.Generator | None
 
 
-def sample_beta(alpha: float, size: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """Return ``size`` draws of Beta(alpha, alpha) as a float64 tensor, reproducible with ``generator``."""
+def as_numpy_generator(generator: GeneratorLike) -> np.random.Generator:
+    """Return a NumPy Generator for ``generator``: itself, seeded from an int, or seeded by one draw of a
+    torch.Generator (torch's global generator when None, so ``torch.manual_seed`` makes the draws repeatable)."""
+    if isinstance(generator, np.random.Generator):
+        return generator
+    if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
+        return np.random.default_rng(int(generator))
+    if generator is None or isinstance(generator, torch.Generator):
+        return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    raise ValueError(f"generator={generator!r} is not accepted; give a numpy.random.Generator, an int seed, "
+                     "a torch.Generator or None")
+
+
+def sample_beta(alpha: float, size: int, generator: GeneratorLike = None) -> np.ndarray:
+    """Return ``size`` draws of Beta(alpha, alpha) as a float64 array (NumPy's sampler)."""
     if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0 and math.isfinite(alpha)):
         raise ValueError(f"alpha={alpha!r} is not accepted; it must be a finite number > 0")
-    if device is None:
-        device = generator.device if generator is not None else "cpu"
-    if alpha == 1.0:  # Beta(1, 1) is Uniform(0, 1)
-        return torch.rand(size, generator=generator, dtype=torch.float64, device=device)
-    log_x = _log_standard_gamma(float(alpha), size, generator, device)
-    log_y = _log_standard_gamma(float(alpha), size, generator, device)
-    return torch.sigmoid(log_x - log_y)  # X / (X + Y), computed from logs
+    return as_numpy_generator(generator).beta(alpha, alpha, size=size)
+
+
+def box_geometry(center_y, center_x, side_ratio, height: int, width: int) -> tuple[np.ndarray, ...]:
+    """Return (top, left, bottom, right) int64 arrays of boxes centred at (center_y, center_x) pixels.
+
+    A box has sides ``floor(height * side_ratio)`` and ``floor(width * side_ratio)``, spans
+    [centre - side // 2, centre + side // 2) and is clipped to the image (the reference
+    ``rand_bbox`` rule; CutMix uses ``side_ratio = sqrt(1 - lambda)``). Inputs broadcast.
+    """
+    ratio = np.asarray(side_ratio, dtype=np.float64)
+    cut_h = np.floor(height * ratio).astype(np.int64)
+    cut_w = np.floor(width * ratio).astype(np.int64)
+    center_y = np.asarray(center_y, dtype=np.int64)
+    center_x = np.asarray(center_x, dtype=np.int64)
+    top = np.clip(center_y - cut_h // 2, 0, height)
+    bottom = np.clip(center_y + cut_h // 2, 0, height)
+    left = np.clip(center_x - cut_w // 2, 0, width)
+    right = np.clip(center_x + cut_w // 2, 0, width)
+    return top, left, bottom, right
 
 
 def sample_boxes(
@@ -89,32 +93,25 @@ def sample_boxes(
     width: int,
     alpha: float = 1.0,
     per_sample: bool = False,
-    generator: torch.Generator | None = None,
+    generator: GeneratorLike = None,
 ) -> CutMixBoxes:
-    """Return CutMixBoxes for a batch: lambda ~ Beta(alpha, alpha), side sqrt(1 - lambda), clipped.
+    """Return CutMixBoxes (CPU int64) for a batch: lambda ~ Beta(alpha, alpha), side sqrt(1 - lambda), clipped.
 
     By default one lambda and one box are shared by the whole batch (as the
-    reference does); ``per_sample=True`` draws a box for each image. Tensors
-    live on the generator's device (CPU without a generator).
+    reference does); ``per_sample=True`` draws a box for each image. Draws are made
+    on the host with NumPy (see :func:`as_numpy_generator` for ``generator``), in the
+    order: lambdas, centre columns, centre rows.
     """
     for name, value, minimum in (("batch_size", batch_size, 1), ("height", height, 1), ("width", width, 1)):
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
             raise ValueError(f"{name}={value!r} is not accepted; it must be an integer >= {minimum}")
-    device = generator.device if generator is not None else torch.device("cpu")
+    rng = as_numpy_generator(generator)
     draws = batch_size if per_sample else 1
-    lam = sample_beta(alpha, draws, generator=generator, device=device)
-    cut_ratio = torch.sqrt(1.0 - lam)
-    cut_w = torch.floor(width * cut_ratio).long()
-    cut_h = torch.floor(height * cut_ratio).long()
-    center_x = torch.randint(width, (draws,), generator=generator, device=device)
-    center_y = torch.randint(height, (draws,), generator=generator, device=device)
-    top = (center_y - cut_h // 2).clamp(0, height)
-    bottom = (center_y + cut_h // 2).clamp(0, height)
-    left = (center_x - cut_w // 2).clamp(0, width)
-    right = (center_x + cut_w // 2).clamp(0, width)
-    if not per_sample:
-        top, left, bottom, right = (t.expand(batch_size).clone() for t in (top, left, bottom, right))
-    return CutMixBoxes(top=top, left=left, bottom=bottom, right=right)
+    lam = sample_beta(alpha, draws, generator=rng)
+    center_x = rng.integers(width, size=draws)
+    center_y = rng.integers(height, size=draws)
+    corners = box_geometry(center_y, center_x, np.sqrt(1.0 - lam), height, width)
+    return CutMixBoxes(*(torch.from_numpy(np.broadcast_to(c, (batch_size,)).copy()) for c in corners))
 
 
 def box_mask(boxes: CutMixBoxes, height: int, width: int) -> torch.Tensor:
@@ -163,10 +160,15 @@ def cutmix(
     y_b: torch.Tensor,
     num_classes: int,
     alpha: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: GeneratorLike = None,
     per_sample: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return (mixed (B, C, H, W), area labels (B, num_classes), lam (B,)): b's box pasted into a."""
+    """Return (mixed (B, C, H, W), area labels (B, num_classes), lam (B,)): b's box pasted into a.
+
+    ``generator`` makes the box draw repeatable: a ``numpy.random.Generator``, an int seed,
+    a ``torch.Generator`` (one draw of it seeds NumPy), or None (torch's global generator
+    seeds it, so ``torch.manual_seed`` applies).
+    """
     batch_size, _, height, width = a.shape
     boxes = sample_boxes(batch_size, height, width, alpha=alpha, per_sample=per_sample, generator=generator)
     boxes = boxes.to(a.device)
@@ -176,5 +178,6 @@ def cutmix(
 
 
 __all__ = [
-    "CutMixBoxes", "area_labels", "box_mask", "cutmix", "kept_fraction", "paste", "sample_beta", "sample_boxes",
+    "CutMixBoxes", "area_labels", "as_numpy_generator", "box_geometry", "box_mask", "cutmix", "kept_fraction", "paste",
+    "sample_beta", "sample_boxes",
 ]

@@ -13,6 +13,7 @@ Everything written to the run folder is written by rank 0 only.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ccmix.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,41 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
                 self.running_mean.mul_(1 - factor).add_(factor * mean.detach())
                 self.running_var.mul_(1 - factor).add_(factor * unbiased.detach())
         return output
+
+
+def synchronise_batchnorm(model: nn.Module, config: TrainConfig,
+                          context: DistContext) -> tuple[nn.Module, bool]:
+    """Return (model, whether its BatchNorm statistics are global): synchronised when several processes train
+    and ``config.sync_bn`` is True or None (the default); per-rank otherwise."""
+    sync_bn = context.enabled and (config.sync_bn if config.sync_bn is not None else True)
+    if sync_bn:
+        # The centre head normalises the same C classifier rows on every rank, so its batch statistics are
+        # already global; syncing it would only change its running-variance correction.
+        model = convert_sync_batchnorm(model, context.device, exclude=("center_head",))
+    return model, sync_bn
+
+
+def wrap_for_training(model: nn.Module, config: TrainConfig, context: DistContext,
+                      sync_bn: bool = True) -> nn.Module:
+    """Return the module the training steps call: ``model`` itself, or DistributedDataParallel when distributed.
+
+    ce, la and cutmix never touch the projection and centre heads, so DDP wraps only
+    their classify path (``ClassifierPath``) and need not look for unused parameters.
+    With synchronised BatchNorm every rank already holds the same running statistics,
+    so DDP does not broadcast buffers before each forward.
+    """
+    if not context.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    module = model if config.uses_contrastive else ClassifierPath(model)
+    options = dict(device_ids=[context.device.index] if context.device.type == "cuda" else None,
+                   gradient_as_bucket_view=True)
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        options["forward_sync_buffers"] = not sync_bn
+    else:  # torch before forward_sync_buffers
+        options["broadcast_buffers"] = not sync_bn
+    return DistributedDataParallel(module, **options)
 
 
 def _per_channel(values: torch.Tensor, dims: int) -> torch.Tensor:

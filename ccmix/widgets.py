@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 
 from ccmix import viz
 from ccmix.config import TrainConfig
-from ccmix.cutmix import CutMixBoxes, area_labels, kept_fraction, paste, sample_boxes
+from ccmix.cutmix import CutMixBoxes, area_labels, box_geometry, kept_fraction, paste, sample_boxes
 from ccmix.losses import semantic_label_parts
 
 # --------------------------------------------------------------------------- the computation
@@ -41,13 +41,8 @@ def box_at(lam: float, center_y: int, center_x: int, height: int, width: int) ->
     for name, value, size in (("center_y", center_y, height), ("center_x", center_x, width)):
         if not (0 <= int(value) < size):
             raise ValueError(f"{name}={value!r} is not accepted; it must lie in 0..{size - 1}")
-    ratio = float(np.sqrt(1.0 - float(lam)))
-    cut_h, cut_w = int(np.floor(height * ratio)), int(np.floor(width * ratio))
-    top = min(max(int(center_y) - cut_h // 2, 0), height)
-    bottom = min(max(int(center_y) + cut_h // 2, 0), height)
-    left = min(max(int(center_x) - cut_w // 2, 0), width)
-    right = min(max(int(center_x) + cut_w // 2, 0), width)
-    return CutMixBoxes(*(torch.tensor([v], dtype=torch.int64) for v in (top, left, bottom, right)))
+    corners = box_geometry([int(center_y)], [int(center_x)], np.sqrt(1.0 - float(lam)), height, width)
+    return CutMixBoxes(*(torch.from_numpy(corner) for corner in corners))
 
 
 def box_tuple(boxes: CutMixBoxes, index: int = 0) -> tuple[int, int, int, int]:
@@ -130,13 +125,13 @@ def prepare_explorer(dataset: str = "synthetic", data_root: str | os.PathLike = 
     """Return the explorer's config, long-tailed training set and model (from ``checkpoint``, else untrained).
 
     The config is the one the train notebook would use for (dataset, imb); a checkpoint brings its own
-    config (dataset, imb, omega, top-k), and the model comes from ``ccmix.engine.load_model``.
+    config (dataset, imb, omega, top-k), and the model comes from ``ccmix.evaluation.load_model``.
     Relative ``data_root`` and ``checkpoint`` are taken from the repository root, ``figures_dir`` from
     the notebooks folder.
     """
     from ccmix.config import ConfigError
     from ccmix.data import build_datasets
-    from ccmix.engine import build_run_model, load_model
+    from ccmix.evaluation import build_run_model, load_model
     from ccmix.notebook_params import find_repo_root, notebooks_dir, resolve_path, resolve_train_parameters
 
     root = Path(repo_root) if repo_root is not None else find_repo_root()
@@ -421,16 +416,16 @@ def build_explorer(dataset, model, class_counts, config: TrainConfig | None = No
 def gallery_batch(train, model, config: TrainConfig, count: int = 8, epoch: int = 0, seed: int | None = None) -> dict:
     """Return a batch of mixed training samples as training builds them, with their labels.
 
-    The batch dict comes from the real training pipeline (``ccmix.data.build_train_pipeline``; augmented
+    The batch comes from the real training pipeline (``ccmix.data.build_train_pipeline``; augmented
     view 0 of A from the instance-uniform stream, of B from the foreground stream), the box from
-    ``ccmix.engine.draw_cutmix_boxes`` (forced to mix, so every sample shows a box), and the labels from
+    ``ccmix.step.draw_cutmix_boxes`` (forced to mix, so every sample shows a box), and the labels from
     ``paste / kept_fraction / area_labels`` and ``semantic_label_parts`` on the model's projection (eval
     mode). Keys: mixed, background, foreground (B, 3, H, W) normalised, labels, foreground_labels, boxes
     (list of (top, left, bottom, right)), lam (B,), area_label, similarity_label, rho, weight, label.
     """
     from ccmix.data import build_train_pipeline
     from ccmix.distributed import DistContext
-    from ccmix.engine import draw_cutmix_boxes, seed_for
+    from ccmix.step import cutmix_generator, draw_cutmix_boxes
 
     size = max(2, int(count))
     gallery_config = config.replace(
@@ -442,21 +437,21 @@ def gallery_batch(train, model, config: TrainConfig, count: int = 8, epoch: int 
     batch = next(iter(batches))
     if hasattr(batches, "close"):
         batches.close()
-    view0, foreground = batch["view0"], batch["foreground"]
+    view0, foreground = batch.view0, batch.foreground
     height, width = view0.shape[-2:]
-    generator = torch.Generator().manual_seed(seed_for(gallery_config, epoch, stream=2))
-    boxes = draw_cutmix_boxes(gallery_config, generator, view0.shape[0], int(height), int(width), DistContext())
+    boxes = draw_cutmix_boxes(gallery_config, cutmix_generator(gallery_config, epoch), view0.shape[0], int(height),
+                              int(width), DistContext())
     mixed = paste(view0, foreground, boxes)
     lam = kept_fraction(boxes, int(height), int(width))
     num_classes = len(train.class_counts)
-    area = area_labels(batch["labels"], batch["foreground_labels"], lam, num_classes)
+    area = area_labels(batch.labels, batch.foreground_labels, lam, num_classes)
     model.eval()
     output = model(mixed)
     parts = semantic_label_parts(output.embedding_raw, output.centers_raw, area, train.class_counts,
                                  topk=min(int(config.topk), num_classes), omega=float(config.omega))
     return {
         "mixed": mixed[:count], "background": view0[:count], "foreground": foreground[:count],
-        "labels": batch["labels"][:count], "foreground_labels": batch["foreground_labels"][:count],
+        "labels": batch.labels[:count], "foreground_labels": batch.foreground_labels[:count],
         "boxes": [box_tuple(boxes, i) for i in range(min(count, len(boxes)))], "lam": lam[:count],
         **{key: value[:count] for key, value in parts.items()},
     }

@@ -37,29 +37,29 @@ def test_la_batches_have_only_view0_and_labels(train_set):
     batches = collect(pipeline, 0)
     assert len(batches) == 2
     for batch in batches:
-        assert batch["view0"].shape == (8, 3, 32, 32) and batch["view0"].dtype == torch.float32
-        assert batch["labels"].shape == (8,) and batch["labels"].dtype == torch.int64
-        assert batch["contrastive"] is None and batch["foreground"] is None and batch["foreground_labels"] is None
+        assert batch.view0.shape == (8, 3, 32, 32) and batch.view0.dtype == torch.float32
+        assert batch.labels.shape == (8,) and batch.labels.dtype == torch.int64
+        assert batch.contrastive is None and batch.foreground is None and batch.foreground_labels is None
     # The labels are those of the epoch's background rows.
     background, _ = sample_epoch_indices(train_set.targets, 10, 8, "balanced", epoch_generator(3, 0),
                                          need_foreground=False)
     targets = torch.tensor(train_set.targets)
-    assert torch.equal(batches[1]["labels"], targets[background[1]])
+    assert torch.equal(batches[1].labels, targets[background[1]])
 
 
 def test_concutmix_batches_have_every_part(train_set):
     config = synthetic_config(method="concutmix")
     batch = collect(ClassicTrainPipeline(train_set, config, "cpu"), 1)[0]
-    assert batch["view0"].shape == (8, 3, 32, 32)
-    assert batch["contrastive"].shape == (8, 2, 3, 32, 32) and batch["contrastive"].dtype == torch.float32
-    assert batch["foreground"].shape == (8, 3, 32, 32)
-    assert batch["foreground_labels"].shape == (8,) and batch["foreground_labels"].dtype == torch.int64
+    assert batch.view0.shape == (8, 3, 32, 32)
+    assert batch.contrastive.shape == (8, 2, 3, 32, 32) and batch.contrastive.dtype == torch.float32
+    assert batch.foreground.shape == (8, 3, 32, 32)
+    assert batch.foreground_labels.shape == (8,) and batch.foreground_labels.dtype == torch.int64
     # Two independent contrastive views of the same image, and different from view 0.
-    assert not torch.equal(batch["contrastive"][:, 0], batch["contrastive"][:, 1])
+    assert not torch.equal(batch.contrastive[:, 0], batch.contrastive[:, 1])
     background, foreground = sample_epoch_indices(train_set.targets, 10, 8, "balanced", epoch_generator(3, 1))
     targets = torch.tensor(train_set.targets)
-    assert torch.equal(batch["labels"], targets[background[0]])
-    assert torch.equal(batch["foreground_labels"], targets[foreground[0]])
+    assert torch.equal(batch.labels, targets[background[0]])
+    assert torch.equal(batch.foreground_labels, targets[foreground[0]])
 
 
 def test_unused_images_are_never_decoded(train_set, monkeypatch):
@@ -79,7 +79,7 @@ def test_same_seed_and_epoch_give_identical_batches(train_set):
     for a, b in zip(first, second):
         for key in a:
             assert torch.equal(a[key], b[key]), key
-    assert not torch.equal(first[0]["view0"], other[0]["view0"])
+    assert not torch.equal(first[0].view0, other[0].view0)
 
 
 def test_workers_give_the_same_indices_and_are_deterministic(train_set):
@@ -88,8 +88,8 @@ def test_workers_give_the_same_indices_and_are_deterministic(train_set):
     first, second = collect(pipeline, 2), collect(pipeline, 2)
     serial = collect(ClassicTrainPipeline(train_set, synthetic_config(method="cutmix"), "cpu"), 2)
     for a, b, c in zip(first, second, serial):
-        assert torch.equal(a["view0"], b["view0"]) and torch.equal(a["foreground"], b["foreground"])
-        assert torch.equal(a["labels"], c["labels"]) and torch.equal(a["foreground_labels"], c["foreground_labels"])
+        assert torch.equal(a.view0, b.view0) and torch.equal(a.foreground, b.foreground)
+        assert torch.equal(a.labels, c.labels) and torch.equal(a.foreground_labels, c.foreground_labels)
 
 
 def test_ranks_take_interleaved_columns_of_the_global_batch(train_set):
@@ -97,9 +97,9 @@ def test_ranks_take_interleaved_columns_of_the_global_batch(train_set):
     whole = collect(pipeline, 0)
     ranks = [collect(pipeline, 0, rank=r, world_size=2) for r in range(2)]
     for step, batch in enumerate(whole):
-        assert ranks[0][step]["labels"].shape == (4,)
-        assert torch.equal(ranks[0][step]["labels"], batch["labels"][0::2])
-        assert torch.equal(ranks[1][step]["foreground_labels"], batch["foreground_labels"][1::2])
+        assert ranks[0][step].labels.shape == (4,)
+        assert torch.equal(ranks[0][step].labels, batch.labels[0::2])
+        assert torch.equal(ranks[1][step].foreground_labels, batch.foreground_labels[1::2])
     with pytest.raises(ValueError, match="rank"):
         collect(pipeline, 0, rank=2, world_size=2)
 

@@ -35,11 +35,11 @@ from ccmix.engine import (
     build_run_model,
     draw_cutmix_boxes,
     fit,
-    seed_for,
     synchronise_batchnorm,
     train_one_epoch,
     wrap_for_training,
 )
+from ccmix.step import StepBatch, cutmix_generator
 
 RUN_FILES = ("config.json", "metrics.jsonl", "per_class.csv", "summary.json", "predictions.npz", "last.pt", "best.pt")
 METHODS = ("ce", "la", "cutmix", "bcl", "concutmix")
@@ -107,7 +107,8 @@ class FixedPipeline:
         """Yield this rank's share of the fixed batch, with only the parts the method uses."""
         keep = {"view0", "labels"} | ({"contrastive"} if self.config.uses_contrastive else set())
         keep |= {"foreground", "foreground_labels"} if self.config.uses_cutmix else set()
-        yield {key: (value[rank::world_size] if key in keep else None) for key, value in self.batch.items()}
+        yield StepBatch(**{key: (value[rank::world_size] if key in keep else None)
+                           for key, value in self.batch.items()})
 
 
 def train_one_step(config: TrainConfig, context: DistContext) -> dict:
@@ -212,8 +213,7 @@ def test_the_comparison_exercises_mixing_and_separates_per_rank_batchnorm(two_pr
 
     for method in ("cutmix", "concutmix"):
         config = step_config(method)
-        generator = torch.Generator().manual_seed(seed_for(config, 0, stream=2))
-        boxes = draw_cutmix_boxes(config, generator, GLOBAL_BATCH, IMAGE_SIDE, IMAGE_SIDE, DistContext())
+        boxes = draw_cutmix_boxes(config, cutmix_generator(config, 0), GLOBAL_BATCH, IMAGE_SIDE, IMAGE_SIDE, DistContext())
         assert boxes is not None and float(kept_fraction(boxes, IMAGE_SIDE, IMAGE_SIDE).min()) < 0.9
     # without synchronised BatchNorm each rank normalises with its own 16 images: visibly another step
     single = train_one_step(step_config("la"), DistContext())

@@ -14,6 +14,7 @@ import torch
 from ccmix.config import METHODS, TrainConfig, preset
 from ccmix.distributed import DistContext
 from ccmix.engine import compute_step_loss, draw_cutmix_boxes, fit, learning_rate
+from ccmix.step import StepBatch
 
 RUN_FILES = ("config.json", "metrics.jsonl", "per_class.csv", "summary.json", "predictions.npz", "last.pt", "best.pt")
 
@@ -98,13 +99,13 @@ def test_cpu_training_is_deterministic(tmp_path):
 
 def _batch(size=8, classes=4, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return {
-        "view0": torch.randn(size, 3, 32, 32, generator=generator),
-        "contrastive": torch.randn(size, 2, 3, 32, 32, generator=generator),
-        "labels": torch.arange(size) % classes,
-        "foreground": torch.randn(size, 3, 32, 32, generator=generator),
-        "foreground_labels": (torch.arange(size) + 1) % classes,
-    }
+    return StepBatch(
+        view0=torch.randn(size, 3, 32, 32, generator=generator),
+        contrastive=torch.randn(size, 2, 3, 32, 32, generator=generator),
+        labels=torch.arange(size) % classes,
+        foreground=torch.randn(size, 3, 32, 32, generator=generator),
+        foreground_labels=(torch.arange(size) + 1) % classes,
+    )
 
 
 def test_semantic_labels_start_at_l_d_warm(monkeypatch):
@@ -122,7 +123,7 @@ def test_semantic_labels_start_at_l_d_warm(monkeypatch):
     config = tiny_config(method="concutmix", synthetic_classes=4, l_d_warm=3, cutmix_prob=1.0, topk=2)
     model = build_model("resnet32", 4)
     counts = torch.tensor([40.0, 20.0, 10.0, 4.0])
-    boxes = draw_cutmix_boxes(config, torch.Generator().manual_seed(0), 8, 32, 32, DistContext())
+    boxes = draw_cutmix_boxes(config, np.random.default_rng(0), 8, 32, 32, DistContext())
     assert boxes is not None
     compute_step_loss(model, _batch(), config, 2, counts, boxes)
     assert calls == []
@@ -134,7 +135,7 @@ def test_semantic_labels_start_at_l_d_warm(monkeypatch):
 
 def test_cutmix_probability_controls_how_many_steps_mix():
     config = tiny_config(method="cutmix", cutmix_prob=0.5)
-    generator = torch.Generator().manual_seed(0)
+    generator = np.random.default_rng(0)
     mixed = sum(draw_cutmix_boxes(config, generator, 16, 32, 32, DistContext()) is not None for _ in range(2000))
     assert 900 < mixed < 1100  # Binomial(2000, 0.5): mean 1000, sd 22
     assert draw_cutmix_boxes(tiny_config(method="la"), generator, 16, 32, 32, DistContext()) is None
@@ -144,7 +145,7 @@ def test_per_sample_cutmix_leaves_unmixed_images_whole():
     from ccmix.cutmix import kept_fraction
 
     config = tiny_config(method="cutmix", cutmix_prob=0.5, cutmix_per_sample=True)
-    boxes = draw_cutmix_boxes(config, torch.Generator().manual_seed(0), 4000, 32, 32, DistContext())
+    boxes = draw_cutmix_boxes(config, np.random.default_rng(0), 4000, 32, 32, DistContext())
     lam = kept_fraction(boxes, 32, 32)
     whole = (lam == 1).float().mean().item()
     assert 0.47 < whole < 0.56  # half unmixed, plus the few mixed boxes clipped to nothing

@@ -388,21 +388,21 @@ def test_pipeline_dicts_have_the_contract_shapes(synthetic_train, method):
                                                   need_foreground=config.uses_cutmix)
     targets = torch.tensor(synthetic_train.targets)
     for step, batch in enumerate(batches):
-        assert batch["view0"].shape == (16, 3, 32, 32) and batch["view0"].dtype == torch.float32
-        assert batch["view0"].device.type == "cpu"
-        assert torch.equal(batch["labels"], targets[background[step]])
+        assert batch.view0.shape == (16, 3, 32, 32) and batch.view0.dtype == torch.float32
+        assert batch.view0.device.type == "cpu"
+        assert torch.equal(batch.labels, targets[background[step]])
         if config.uses_contrastive:
-            assert batch["contrastive"].shape == (16, 2, 3, 32, 32) and batch["contrastive"].dtype == torch.float32
-            assert not torch.equal(batch["contrastive"][:, 0], batch["contrastive"][:, 1])
+            assert batch.contrastive.shape == (16, 2, 3, 32, 32) and batch.contrastive.dtype == torch.float32
+            assert not torch.equal(batch.contrastive[:, 0], batch.contrastive[:, 1])
         else:
-            assert batch["contrastive"] is None
+            assert batch.contrastive is None
         if config.uses_cutmix:
-            assert batch["foreground"].shape == (16, 3, 32, 32) and batch["foreground"].dtype == torch.float32
-            assert torch.equal(batch["foreground_labels"], targets[foreground[step]])
+            assert batch.foreground.shape == (16, 3, 32, 32) and batch.foreground.dtype == torch.float32
+            assert torch.equal(batch.foreground_labels, targets[foreground[step]])
         else:
-            assert batch["foreground"] is None and batch["foreground_labels"] is None
+            assert batch.foreground is None and batch.foreground_labels is None
         # normalised views of 0..255 images stay within the normalisation's range
-        assert batch["view0"].min() >= -0.4914 / 0.2023 - 1e-4 and batch["view0"].max() <= (1 - 0.4465) / 0.2010 + 1e-4
+        assert batch.view0.min() >= -0.4914 / 0.2023 - 1e-4 and batch.view0.max() <= (1 - 0.4465) / 0.2010 + 1e-4
 
 
 def test_pipeline_is_deterministic_per_epoch_and_shards_ranks(synthetic_train):
@@ -413,12 +413,12 @@ def test_pipeline_is_deterministic_per_epoch_and_shards_ranks(synthetic_train):
     for a, b in zip(first, second):
         for key in a:
             assert torch.equal(a[key], b[key]), key
-    assert not torch.equal(first[0]["view0"], later[0]["view0"])
+    assert not torch.equal(first[0].view0, later[0].view0)
     rank1 = list(FastTrainPipeline(synthetic_train, config, "cpu").batches(0, rank=1, world_size=2))
     background, _ = sample_epoch_indices(synthetic_train.targets, 10, 16, "balanced", epoch_generator(5, 0))
     targets = torch.tensor(synthetic_train.targets)
-    assert rank1[0]["view0"].shape[0] == 8
-    assert torch.equal(rank1[0]["labels"], targets[background[0, 1::2]])
+    assert rank1[0].view0.shape[0] == 8
+    assert torch.equal(rank1[0].labels, targets[background[0, 1::2]])
 
 
 def test_imagenet_recipe_falls_back_to_classic_with_a_message(synthetic_train):

@@ -428,9 +428,9 @@ def test_a_checkpoint_of_another_class_count_is_refused_naming_the_mismatch(five
 
 
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    import ccmix.engine as engine
+    import ccmix.step as step
 
-    original = engine.compute_step_loss
+    original = step.compute_step_loss
     calls: dict[int, int] = {}
     snapshot = {}
 
@@ -443,7 +443,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
             result.loss = result.loss * float("nan")
         return result
 
-    monkeypatch.setattr(engine, "compute_step_loss", poisoned)
+    monkeypatch.setattr(step, "compute_step_loss", poisoned)
     out = tmp_path / "run"
     settings = ["dataset=synthetic", "synthetic_classes=5", "imb=10", "topk=3", "method=la", "epochs=4",
                 "batch_size=32", "max_steps_per_epoch=2", "num_workers=0", "device=cpu", "eval_interval=100",

@@ -17,8 +17,10 @@ from collections.abc import Callable, Iterator
 import torch
 
 from ccmix.config import TrainConfig
-from ccmix.data.streams import epoch_generator, mix_seed, sample_epoch_indices
+from ccmix.data.streams import epoch_generator, sample_epoch_indices
 from ccmix.data.views import classification_view, contrastive_view
+from ccmix.rng import mix_seed
+from ccmix.step import StepBatch
 
 
 class PairViews(torch.utils.data.Dataset):
@@ -50,19 +52,18 @@ class PairViews(torch.utils.data.Dataset):
         return item
 
 
-def collate_views(items: list[dict]) -> dict:
-    """Return the batch dict of stacked views: present parts stacked, absent parts None; labels int64."""
+def collate_views(items: list[dict]) -> StepBatch:
+    """Return the StepBatch of stacked views: present parts stacked, absent parts None; labels int64."""
     first = items[0]
-    batch = {
-        "view0": torch.stack([it["view0"] for it in items]),
-        "contrastive": torch.stack([it["contrastive"] for it in items]) if "contrastive" in first else None,
-        "labels": torch.tensor([it["label"] for it in items], dtype=torch.int64),
-        "foreground": torch.stack([it["foreground"] for it in items]) if "foreground" in first else None,
-        "foreground_labels": (
+    return StepBatch(
+        view0=torch.stack([it["view0"] for it in items]),
+        contrastive=torch.stack([it["contrastive"] for it in items]) if "contrastive" in first else None,
+        labels=torch.tensor([it["label"] for it in items], dtype=torch.int64),
+        foreground=torch.stack([it["foreground"] for it in items]) if "foreground" in first else None,
+        foreground_labels=(
             torch.tensor([it["foreground_label"] for it in items], dtype=torch.int64) if "foreground" in first else None
         ),
-    }
-    return batch
+    )
 
 
 def steps_for(num_images: int, batch_size: int, max_steps: int | None) -> int:
@@ -74,9 +75,8 @@ def steps_for(num_images: int, batch_size: int, max_steps: int | None) -> int:
 class ClassicTrainPipeline:
     """Per-sample torchvision views in ``num_workers`` DataLoader workers, batches moved to ``device``.
 
-    ``batches(epoch, rank, world_size)`` yields dicts with "view0" (b, 3, H, W),
-    "contrastive" (b, 2, 3, H, W) or None, "labels" (b,), "foreground" (b, 3, H, W) or
-    None and "foreground_labels" (b,) or None, where b is the rank's share of the global
+    ``batches(epoch, rank, world_size)`` yields ``ccmix.step.StepBatch`` objects (view0, contrastive,
+    labels, foreground, foreground_labels) of b pairs, where b is the rank's share of the global
     batch (columns ``rank::world_size``). Indices come from ``epoch_generator(seed, epoch)``;
     augmentation randomness from a seed drawn after them, mixed with the rank.
     """
@@ -110,8 +110,8 @@ class ClassicTrainPipeline:
             plan = [list(zip(row_a, row_b)) for row_a, row_b in zip(background, foreground)]
         return [row for row in plan if row], augment_seed
 
-    def batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
-        """Yield the ``steps_per_epoch`` batch dicts of ``epoch`` for ``rank``, already on the device."""
+    def batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> Iterator[StepBatch]:
+        """Yield the ``steps_per_epoch`` StepBatches of ``epoch`` for ``rank``, already on the device."""
         plan, augment_seed = self.epoch_plan(epoch, rank, world_size)
         num_workers = self.config.num_workers
         loader = torch.utils.data.DataLoader(
@@ -132,8 +132,7 @@ class ClassicTrainPipeline:
                 batch = next(batches, None)
             if batch is None:
                 return
-            yield {key: (value.to(self.device, non_blocking=True) if value is not None else None)
-                   for key, value in batch.items()}
+            yield batch.to(self.device, non_blocking=True)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,9 @@ from ccmix.config import TrainConfig
 from ccmix.data import fast_aug
 from ccmix.data import views as recipe
 from ccmix.data.classic import ClassicTrainPipeline, steps_for
-from ccmix.data.streams import epoch_generator, foreground_class_probabilities, mix_seed, sample_epoch_indices
+from ccmix.data.streams import epoch_generator, foreground_class_probabilities, sample_epoch_indices
+from ccmix.rng import mix_seed
+from ccmix.step import StepBatch
 
 
 def unsupported_reason(config: TrainConfig) -> str | None:
@@ -38,9 +40,9 @@ def unsupported_reason(config: TrainConfig) -> str | None:
 class FastTrainPipeline:
     """Device-resident, batched per-sample training views (CIFAR recipe); the classic pipeline's contract.
 
-    ``batches(epoch, rank, world_size)`` yields dicts with "view0" (b, 3, H, W) float32
-    normalised, "contrastive" (b, 2, 3, H, W) or None, "labels" (b,) int64, "foreground"
-    (b, 3, H, W) or None and "foreground_labels" (b,) or None, all on ``device``; b is the
+    ``batches(epoch, rank, world_size)`` yields ``ccmix.step.StepBatch`` objects: view0 (b, 3, H, W)
+    float32 normalised, contrastive (b, 2, 3, H, W) or None, labels (b,) int64, foreground
+    (b, 3, H, W) or None and foreground_labels (b,) or None, all on ``device``; b is the
     rank's share (columns ``rank::world_size``) of the global batch. Indices come from
     ``epoch_generator(seed, epoch)``; augmentation draws from a CPU generator seeded after
     them, mixed with the rank, so a fixed (seed, epoch, rank) gives identical batches.
@@ -102,8 +104,8 @@ class FastTrainPipeline:
             )
         return draws
 
-    def make_batch(self, background: torch.Tensor, foreground: torch.Tensor | None, draws: dict) -> dict:
-        """Return the batch dict for device index tensors ``background`` (b,) and ``foreground`` (b,) or None."""
+    def make_batch(self, background: torch.Tensor, foreground: torch.Tensor | None, draws: dict) -> StepBatch:
+        """Return the StepBatch for device index tensors ``background`` (b,) and ``foreground`` (b,) or None."""
         batch = background.shape[0]
         first = background if foreground is None else torch.cat((background, foreground))
         view0 = fast_aug.classification_views(
@@ -113,18 +115,18 @@ class FastTrainPipeline:
             pairs = self.images.index_select(0, background.repeat_interleave(2))
             contrastive = fast_aug.contrastive_views(pairs, draws["contrastive"], self.mean, self.std)
             contrastive = contrastive.view(batch, 2, *contrastive.shape[1:])
-        return {
-            "view0": view0[:batch],
-            "contrastive": contrastive,
-            "labels": self.targets_device.index_select(0, background),
-            "foreground": view0[batch:] if foreground is not None else None,
-            "foreground_labels": self.targets_device.index_select(0, foreground) if foreground is not None else None,
-        }
+        return StepBatch(
+            view0=view0[:batch],
+            contrastive=contrastive,
+            labels=self.targets_device.index_select(0, background),
+            foreground=view0[batch:] if foreground is not None else None,
+            foreground_labels=self.targets_device.index_select(0, foreground) if foreground is not None else None,
+        )
 
     # ------------------------------------------------------------------ epochs
 
-    def batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
-        """Yield the ``steps_per_epoch`` batch dicts of ``epoch`` for ``rank``, already on the device."""
+    def batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> Iterator[StepBatch]:
+        """Yield the ``steps_per_epoch`` StepBatches of ``epoch`` for ``rank``, already on the device."""
         if self.fallback is not None:
             yield from self.fallback.batches(epoch, rank, world_size)
             return

@@ -13,12 +13,12 @@ epoch's indices are a pure function of ``epoch_generator(seed, epoch)``.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import torch
 
-FOREGROUND_SAMPLERS = ("balanced", "reverse", "uniform")
+from ccmix.config import FOREGROUND_SAMPLERS
+from ccmix.rng import mix_seed, torch_generator
 
 
 def foreground_class_probabilities(class_counts: Sequence[int] | torch.Tensor, sampler: str) -> torch.Tensor:
@@ -44,13 +44,7 @@ def foreground_class_probabilities(class_counts: Sequence[int] | torch.Tensor, s
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """Return a CPU torch.Generator seeded deterministically (and well mixed) from ``(seed, epoch)``."""
-    return torch.Generator().manual_seed(mix_seed(seed, epoch))
-
-
-def mix_seed(*parts: int) -> int:
-    """Return a 63-bit seed that is a deterministic hash of the integers ``parts``."""
-    digest = hashlib.sha256(":".join(str(int(p)) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return torch_generator(seed, epoch)
 
 
 def _as_targets(targets: Sequence[int] | torch.Tensor) -> torch.Tensor:
