@@ -175,30 +175,32 @@ def test_explorer_notebook_with_the_trained_checkpoint(trained, tmp_path):
 
 
 def test_analyze_notebook_on_two_runs(trained, second_seed, tmp_path):
+    import shutil
+
     runs = [str(trained["run"]), str(second_seed)]
-    nb = execute("analyze.ipynb", tmp_path / "analyze.ipynb",
-                 {"run_dirs": [runs[0], str(diverged), runs[1]], "figures_dir": str(tmp_path / "figures"),
-                  "tsne_max_items": 100})
-    assert error_outputs(nb) == []
-    assert_figures(tmp_path / "figures", [
-        "analyze_per_class_vs_count", "analyze_shot_bars", "analyze_learning_curves", "analyze_confused_pairs",
-        f"analyze_tsne_{trained['run'].name}", f"analyze_tsne_{second_seed.name}",
-    ])
     # a run that diverged: its folder keeps last.pt of the last good epoch and a failed summary
     diverged = tmp_path / "diverged"
     shutil.copytree(second_seed, diverged)
     summary = json.loads((diverged / "summary.json").read_text())
     summary.update(status="failed", error="the loss became NaN at epoch 1, step 1")
     (diverged / "summary.json").write_text(json.dumps(summary))
+    nb = execute("analyze.ipynb", tmp_path / "analyze.ipynb",
+                 {"run_dirs": [runs[0], str(diverged), runs[1]], "figures_dir": str(tmp_path / "figures"),
+                  "tsne_max_items": 100})
+    assert error_outputs(nb) == []
+    assert "skipped: run 'diverged' is failed: the loss became NaN at epoch 1, step 1" in text_of(nb)
+    assert_figures(tmp_path / "figures", [
+        "analyze_per_class_vs_count", "analyze_shot_bars", "analyze_learning_curves", "analyze_confused_pairs",
+        f"analyze_tsne_{trained['run'].name}", f"analyze_tsne_{second_seed.name}", "analyze_reproduction",
+    ])
+    assert not (tmp_path / "figures" / "analyze_tsne_diverged.png").exists()
     finals = [json.loads((Path(r) / "summary.json").read_text())["final"]["top1"] for r in runs]
     expected = f"{statistics.mean(finals):.2f} ± {statistics.stdev(finals):.2f}"
     assert expected in text_of(nb)  # the two seeds of one setting, as mean ± std
-    assert "skipped: run 'diverged' is failed: the loss became NaN at epoch 1, step 1" in text_of(nb)
 
 
 def test_sweep_notebook_skips_completed_runs_and_tabulates(tmp_path):
     runs = tmp_path / "runs"
-    assert not (tmp_path / "figures" / "analyze_tsne_diverged.png").exists()
     base = {"dataset": "synthetic"}
     for method, top1 in (("la", 30.0), ("concutmix", 36.0)):
         run = resolve_train_parameters(**base, method=method, imb=100, seed=0)
