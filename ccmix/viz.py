@@ -151,6 +151,9 @@ def run_problem(run) -> str | None:
     except (ValueError, OSError) as error:  # a missing folder, or a damaged JSON / CSV file
         return f"run {str(getattr(run, 'path', run))!r} cannot be read ({error})"
     name = f"run {record.name!r}"
+    for filename, content in (("config.json", record.config), ("summary.json", record.summary)):
+        if not content and (record.path / filename).is_file():  # the reader takes a damaged file for an absent one
+            return f"{name} has a {filename} that cannot be read as JSON"
     if not record.config:
         return f"{name} has no config.json"
     if record.summary is None:
