@@ -146,14 +146,15 @@ _REQUIRED_CONFIG_KEYS = ("method", "dataset", "imb", "seed", "num_classes", "tra
 def run_problem(run) -> str | None:
     """Return why a run folder cannot be analysed, as one sentence naming it, or None when it can: not
     completed (failed, diverged, still running), non-finite results, or a missing or inconsistent config."""
+    folder = Path(getattr(run, "path", run))
+    for filename in ("config.json", "summary.json"):  # checked here: a reader may take a damaged file for none
+        if (folder / filename).is_file() and not _is_json(folder / filename):
+            return f"run {folder.name!r} has a {filename} that cannot be read as JSON"
     try:
         record = load_run(run)
-    except (ValueError, OSError) as error:  # a missing folder, or a damaged JSON / CSV file
-        return f"run {str(getattr(run, 'path', run))!r} cannot be read ({error})"
+    except (ValueError, OSError) as error:  # a missing folder, or a damaged CSV file
+        return f"run {str(folder)!r} cannot be read ({error})"
     name = f"run {record.name!r}"
-    for filename, content in (("config.json", record.config), ("summary.json", record.summary)):
-        if not content and (record.path / filename).is_file():  # the reader takes a damaged file for an absent one
-            return f"{name} has a {filename} that cannot be read as JSON"
     if not record.config:
         return f"{name} has no config.json"
     if record.summary is None:
@@ -185,6 +186,14 @@ def run_problem(run) -> str | None:
         if np.isinf(accuracy).any():
             return f"{name} has non-finite per-class accuracies in per_class.csv"
     return None
+
+
+def _is_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def usable_runs(runs, report=print) -> list[RunRecord]:
