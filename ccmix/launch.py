@@ -11,7 +11,6 @@ Re-launching on the same run folder resumes it, with any number of processes.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -22,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ccmix.config import ConfigError, resolve
+from ccmix.run_folder import RunFolder
 
 LOG_NAME = "launch.log"  # torchrun's and the workers' output, appended, inside the run folder
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]
@@ -151,22 +151,10 @@ def log_tail(process: subprocess.Popen, lines: int = 30) -> str:
     return "\n".join(Path(path).read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
 
-def _read_records(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # files are replaced atomically; this only guards foreign writers
-            break
-    return records
-
-
 def _planned_epochs(out: Path) -> int | None:
     try:
-        return int(json.loads((out / "config.json").read_text(encoding="utf-8"))["epochs"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(RunFolder(out).read_config()["epochs"])
+    except (ValueError, KeyError, TypeError):  # no config.json yet, or one without a usable epochs
         return None
 
 
@@ -194,7 +182,7 @@ def follow_run(
             total = _planned_epochs(out)
             if total is not None and bar.total != total:
                 bar.total = total
-            for record in _read_records(out / "metrics.jsonl"):
+            for record in RunFolder(out).read_metrics():
                 if record.get("epoch", 0) <= last_epoch:
                     continue
                 last_epoch = record["epoch"]

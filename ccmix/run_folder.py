@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,16 +85,26 @@ class RunFolder:
     # ------------------------------------------------------------------ reading (no torch)
 
     def read_config(self) -> dict | None:
-        """Return config.json's content, or None when absent."""
+        """Return config.json's content, or None when it is absent or unreadable."""
         return _read_json_or_none(self.file(CONFIG))
 
     def read_summary(self) -> dict | None:
-        """Return summary.json's content, or None when absent."""
+        """Return summary.json's content, or None when it is absent or unreadable."""
         return _read_json_or_none(self.file(SUMMARY))
 
     def read_metrics(self) -> list[dict]:
-        """Return metrics.jsonl's records, one per epoch ([] when absent); ValueError names a damaged line."""
-        return read_jsonl(self.file(METRICS))
+        """Return metrics.jsonl's records, one per epoch: [] when absent, those before a damaged line if any."""
+        records = []
+        try:
+            with open(self.file(METRICS), encoding="utf-8") as handle:
+                for line in handle:
+                    if line.strip():
+                        records.append(json.loads(line))
+        except FileNotFoundError:
+            pass
+        except json.JSONDecodeError:  # files are replaced atomically; this only guards foreign writers
+            pass
+        return records
 
     def load_config(self) -> TrainConfig:
         """Return the TrainConfig recorded in config.json (its data facts left out)."""
@@ -173,10 +184,13 @@ class RunFolder:
 
     # ------------------------------------------------------------------ resuming
 
-    def resume(self, config: TrainConfig, model, optimizer, description: str, num_classes: int) -> Resumed | None:
+    def resume(self, config: TrainConfig, model, optimizer, description: str, num_classes: int,
+               data: dict | None = None) -> Resumed | None:
         """Load the newest readable checkpoint into ``model`` and ``optimizer`` and return where the run stands;
-        None when the folder holds no checkpoint. ConfigError when it was trained with other settings."""
+        None when the folder holds no checkpoint. ConfigError when it was trained with other settings or, given
+        the ``data`` identity (``ccmix.data.identity``), on other data."""
         from ccmix import checkpoint as ckpt
+        from ccmix.run_guard import check_data_identity
 
         # loaded on the CPU: generator states must stay CPU byte tensors; load_state_dict moves the rest
         found = ckpt.load_resume_checkpoint(self.path, map_location="cpu", set_aside_damaged=self.writer)
@@ -184,8 +198,11 @@ class RunFolder:
             return None
         payload, path = found
         check_resume_compatible(payload["config"], config, path)
+        if data is not None:
+            check_data_identity(ckpt.saved_identity(payload), data, f"the run in {str(self.path)!r} ({path.name})")
+        ckpt.check_resumable(payload, path)
         ckpt.load_model_state(model, payload, path, description, num_classes=num_classes, arch=config.arch)
-        optimizer.load_state_dict(payload["optimizer"])
+        ckpt.load_optimizer_state(optimizer, payload, path)
         return Resumed(epoch=int(payload["epoch"]), best=payload.get("best"), history=self.resumed_history(payload),
                        rng=payload["rng"], path=path)
 
@@ -196,8 +213,8 @@ class RunFolder:
 
         epochs = int(payload["epoch"])
         history = payload.get("history")
-        if history is None:
-            history = [r for r in self.read_metrics() if r["epoch"] <= epochs]
+        if history is None:  # strict here: a damaged line is an error, not the end of the history
+            history = [r for r in read_jsonl(self.file(METRICS)) if r["epoch"] <= epochs]
         if [r["epoch"] for r in history] != list(range(1, epochs + 1)):
             raise CheckpointError(
                 f"the metric history of {str(self.path)!r} does not cover epochs 1..{epochs} of its checkpoint"
@@ -227,7 +244,10 @@ def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
 
 
 def _read_json_or_none(path: Path) -> dict | None:
-    return read_json(path) if path.is_file() else None
+    try:
+        return read_json(path)
+    except (OSError, ValueError):  # absent, or damaged by a foreign writer: reads as absent
+        return None
 
 
 __all__ = ["BEST_NOTE", "Resumed", "RunFolder", "check_resume_compatible", "load_run_config", "shot_record",

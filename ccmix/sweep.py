@@ -45,6 +45,7 @@ from ccmix.notebook_params import (
     find_repo_root,
     resolve_train_parameters,
 )
+from ccmix.run_folder import RunFolder
 
 GRID_KEYS = ("method", "imb", "seed")
 LAUNCHERS = ("local", "slurm", "papermill")
@@ -101,8 +102,9 @@ def run_row(run_dir: str | os.PathLike) -> dict:
     """Return one table row of a run folder: its summary's final and best accuracies, the published numbers of
     the preset it reproduces with our gap to them, plus every config value."""
     path = Path(run_dir)
-    summary = _read_json(path / "summary.json") or {}
-    config = _read_json(path / "config.json") or {}
+    folder = RunFolder(path)
+    summary = folder.read_summary() or {}
+    config = folder.read_config() or {}
     final, best = summary.get("final") or {}, summary.get("best") or {}
     row = {
         "run": path.name, "path": str(path), "status": summary.get("status", "missing"),
@@ -121,13 +123,6 @@ def run_row(run_dir: str | os.PathLike) -> dict:
         if key not in ("class_names", "train_class_counts") and key not in row:
             row[key] = _flatten(value)
     return row
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, json.JSONDecodeError):  # a damaged file reads as absent; the row's status says "missing"
-        return None
 
 
 def collect_results(run_dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:
@@ -345,7 +340,7 @@ def plan_sweep(methods: Sequence[str], imbs: Sequence[float], seeds: Sequence[in
 
 def is_completed(run_dir: str | os.PathLike) -> bool:
     """True when the run folder holds a summary.json with status "completed"."""
-    summary = _read_json(Path(run_dir) / "summary.json")
+    summary = RunFolder(run_dir).read_summary()
     return bool(summary) and summary.get("status") == "completed"
 
 
@@ -355,7 +350,7 @@ def reuse_differences(run: PlannedRun) -> list[str]:
     config_path = run.out_dir / "config.json"
     if not config_path.is_file():
         return []
-    saved = _read_json(config_path)
+    saved = RunFolder(run.out_dir).read_config()
     if saved is None:
         return ["config.json (unreadable)"]
     return differences_text(saved, run.config.to_dict())
@@ -482,7 +477,7 @@ def run_sweep(
     def on_finish(outcome) -> None:
         if outcome.error is None and is_completed(runs / outcome.name):
             executed.append(outcome.name)
-            final = (_read_json(runs / outcome.name / "summary.json") or {}).get("final") or {}
+            final = (RunFolder(runs / outcome.name).read_summary() or {}).get("final") or {}
             top1 = f"final top-1 {final['top1']:.2f}" if final.get("top1") is not None else "no final top-1"
             print(f"{outcome.name}: completed, {top1}", flush=True)
         else:

@@ -31,6 +31,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from ccmix.io import atomic_write
+from ccmix.run_folder import RunFolder
 
 GROUP_ORDER = ("many", "medium", "few")
 GROUP_COLORS = {"many": "#1f77b4", "medium": "#ff7f0e", "few": "#d62728"}
@@ -63,23 +64,14 @@ def load_run(run: str | os.PathLike | RunRecord) -> RunRecord:
     path = Path(run)
     if not path.is_dir():
         raise ValueError(f"run folder {str(path)!r} does not exist")
-    config = _read_json(path / "config.json") or {}
-    records = []
-    metrics_path = path / "metrics.jsonl"
-    if metrics_path.is_file():
-        records = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    metrics = pd.DataFrame.from_records(records)
+    folder = RunFolder(path)
+    config = folder.read_config() or {}
+    metrics = pd.DataFrame.from_records(folder.read_metrics())
     if not metrics.empty:
         metrics = metrics.apply(pd.to_numeric, errors="coerce")  # JSON null -> NaN
     per_class = pd.read_csv(path / "per_class.csv") if (path / "per_class.csv").is_file() else None
     return RunRecord(path=path, config=config, metrics=metrics, per_class=per_class,
-                     summary=_read_json(path / "summary.json"))
-
-
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
+                     summary=folder.read_summary())
 
 
 def _as_runs(runs) -> list[RunRecord]:

@@ -77,8 +77,8 @@ def test_same_seed_and_epoch_give_identical_batches(train_set):
     pipeline = ClassicTrainPipeline(train_set, synthetic_config(method="concutmix"), "cpu")
     first, second, other = collect(pipeline, 4), collect(pipeline, 4), collect(pipeline, 5)
     for a, b in zip(first, second):
-        for key in a:
-            assert torch.equal(a[key], b[key]), key
+        for key, value in vars(a).items():
+            assert torch.equal(value, getattr(b, key)), key
     assert not torch.equal(first[0].view0, other[0].view0)
 
 

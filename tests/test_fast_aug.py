@@ -411,8 +411,8 @@ def test_pipeline_is_deterministic_per_epoch_and_shards_ranks(synthetic_train):
     second = list(FastTrainPipeline(synthetic_train, config, "cpu").batches(0))
     later = list(FastTrainPipeline(synthetic_train, config, "cpu").batches(1))
     for a, b in zip(first, second):
-        for key in a:
-            assert torch.equal(a[key], b[key]), key
+        for key, value in vars(a).items():
+            assert torch.equal(value, getattr(b, key)), key
     assert not torch.equal(first[0].view0, later[0].view0)
     rank1 = list(FastTrainPipeline(synthetic_train, config, "cpu").batches(0, rank=1, world_size=2))
     background, _ = sample_epoch_indices(synthetic_train.targets, 10, 16, "balanced", epoch_generator(5, 0))

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-PROFILES = ("exp", "step")
+from ccmix.config import PROFILES
+
 DEFAULT_SUBSET_SEED = 10
 
 

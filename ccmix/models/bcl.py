@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ccmix.config import CLASSIFIERS
 from ccmix.models.encoders import ENCODERS, build_encoder
 from ccmix.models.resnet_cifar import kaiming_init
 
-CLASSIFIERS = ("linear", "cosine")
 # Hidden width of the projection and centre heads per encoder (DESIGN section 2).
 HEAD_HIDDEN = {"resnet32": 512, "resnet50": 2048, "resnext50": 2048}
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 from torch import nn
 from torchvision import models as tv_models
 
+from ccmix.config import ARCHS
 from ccmix.models.resnet_cifar import resnet32
 
-ENCODERS = ("resnet32", "resnet50", "resnext50")
+ENCODERS = ARCHS  # the encoders build exactly the architectures a config accepts
 
 
 def _torchvision_encoder(constructor) -> tuple[nn.Module, int]:
