@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from ccmix.data import views
+from ccmix.data import pil_aug, views
 from ccmix.data.views import classification_view, contrastive_view, normalization, test_view
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -112,8 +112,7 @@ def test_cifar_recipes_use_the_published_parameters():
     view0 = classification_view("cifar", "cifar10")
     (crop, _), = find(view0, v2.RandomCrop)
     assert crop.size == (32, 32) and crop.padding == [4, 4, 4, 4]
-    (auto, _), = find(view0, v2.AutoAugment)
-    assert auto.policy == v2.AutoAugmentPolicy.CIFAR10
+    (auto, _), = find(view0, pil_aug.CifarAutoAugment)  # the published policy with grey fill
     contrastive = contrastive_view("cifar", "cifar10")
     (resized, _), = find(contrastive, v2.RandomResizedCrop)
     assert resized.size == (32, 32) and tuple(resized.scale) == (0.2, 1.0)
@@ -122,8 +121,8 @@ def test_cifar_recipes_use_the_published_parameters():
     assert jitter.brightness == (0.6, 1.4) and jitter.saturation == (0.6, 1.4) and jitter.hue == (-0.1, 0.1)
     (gray, _), = find(contrastive, v2.RandomGrayscale)
     assert gray.p == 0.2
-    (blur, p_blur), = find(contrastive, v2.GaussianBlur)
-    assert p_blur == 0.5 and blur.kernel_size == (3, 3) and tuple(blur.sigma) == (0.1, 2.0)
+    (blur, p_blur), = find(contrastive, pil_aug.PILGaussianBlur)
+    assert p_blur == 0.5 and blur.sigma == (0.1, 2.0)
 
 
 def test_imagenet_recipes_use_the_published_parameters():
@@ -132,10 +131,10 @@ def test_imagenet_recipes_use_the_published_parameters():
     assert resized.size == (224, 224) and tuple(resized.scale) == (0.08, 1.0)
     (jitter, p_jitter), = find(view0, v2.ColorJitter)
     assert p_jitter == 1.0 and jitter.hue is None and jitter.contrast == (0.6, 1.4)
-    (rand, _), = find(view0, v2.RandAugment)
-    assert rand.num_ops == 2 and rand.magnitude == 10
+    (rand, _), = find(view0, pil_aug.RandAugment)
+    assert (rand.num_ops, rand.magnitude, rand.magnitude_std, rand.fill) == (2, 10, 0.5, (124, 116, 104))
     contrastive = contrastive_view("imagenet", "imagenet_lt")
-    assert not find(contrastive, v2.GaussianBlur)
+    assert not find(contrastive, pil_aug.PILGaussianBlur) and not find(contrastive, pil_aug.RandAugment)
     (_, p_jitter), = find(contrastive, v2.ColorJitter)
     assert p_jitter == 0.8
 
@@ -144,5 +143,29 @@ def test_module_constants_are_the_ones_the_recipes_use():
     assert views.CIFAR_MEAN == CIFAR_MEAN and views.INAT_STD == INAT_STD
     assert views.CIFAR_PAD == 4 and views.CIFAR_CONTRASTIVE_SCALE == (0.2, 1.0)
     assert views.CONTRASTIVE_JITTER == (0.4, 0.4, 0.4, 0.1) and views.CONTRASTIVE_JITTER_PROB == 0.8
-    assert views.BLUR_SIGMA == (0.1, 2.0) and views.BLUR_KERNEL_SIZE == 3 and views.BLUR_PROB == 0.5
+    assert views.BLUR_SIGMA == (0.1, 2.0) and views.BLUR_PROB == 0.5
     assert views.CONTRASTIVE_PARAMS["imagenet"].blur_prob == 0.0
+
+
+@pytest.mark.parametrize("variant, stacked", [("sim-sim", (False, False)), ("sim-rand", (True, False)),
+                                              ("randstack", (True, True))])
+def test_contrastive_view_variants_add_the_published_randaugment(variant, stacked):
+    first, second = views.contrastive_view_pair("imagenet", "imagenet_lt", variant)
+    assert (bool(find(first, pil_aug.RandAugment)), bool(find(second, pil_aug.RandAugment))) == stacked
+    torch.manual_seed(3)
+    assert first(noise_image(48, 40)).shape == (3, 224, 224)
+
+
+def test_contrastive_view_variants_other_than_sim_sim_are_imagenet_only():
+    with pytest.raises(ValueError, match="imagenet recipe only"):
+        views.contrastive_view_pair("cifar", "cifar10", "sim-rand")
+    with pytest.raises(ValueError, match="simclr"):
+        views.contrastive_view_pair("imagenet", "imagenet_lt", "simclr")
+    first, second = views.contrastive_view_pair("cifar", "cifar10", "sim-sim")
+    assert find(first, pil_aug.PILGaussianBlur) and find(second, pil_aug.PILGaussianBlur)
+
+
+def test_randaugment_settings_reach_view_0():
+    view0 = classification_view("imagenet", "imagenet_lt", randaugment_ops=3, randaugment_magnitude=7)
+    (rand, _), = find(view0, pil_aug.RandAugment)
+    assert (rand.num_ops, rand.magnitude) == (3, 7)

@@ -1,18 +1,20 @@
-"""The fast batched augmentation against the per-sample torchvision recipe, and the fast pipeline's contract."""
+"""The fast batched augmentation against the per-sample classic recipe, and the fast pipeline's contract."""
 
 from __future__ import annotations
 
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.transforms import RandomResizedCrop as RandomResizedCropV1
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ccmix.config import TrainConfig
-from ccmix.data import build_datasets, fast_aug
+from ccmix.data import build_datasets, fast_aug, pil_aug
 from ccmix.data.classic import ClassicTrainPipeline
 from ccmix.data.fast_pipeline import FastTrainPipeline
 from ccmix.data.streams import epoch_generator, sample_epoch_indices
@@ -42,11 +44,17 @@ def generator(seed: int = 0) -> torch.Generator:
 CLASSIC_AUTOAUGMENT = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
 
 
+def to_pil(image: torch.Tensor) -> Image.Image:
+    return Image.fromarray(image.permute(1, 2, 0).numpy())
+
+
+def from_pil(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+
 def classic_autoaugment_op(image: torch.Tensor, name: str, magnitude: float) -> torch.Tensor:
-    """Return one AutoAugment operation exactly as torchvision's AutoAugment applies it (uint8 tensor)."""
-    # The private dispatcher is what v2.AutoAugment itself calls: the reference semantics of each op.
-    return CLASSIC_AUTOAUGMENT._apply_image_or_video_transform(
-        image, name, magnitude, interpolation=CLASSIC_AUTOAUGMENT.interpolation, fill=CLASSIC_AUTOAUGMENT._fill)
+    """Return one AutoAugment operation as the classic (PIL) pipeline applies it, as a uint8 tensor."""
+    return from_pil(pil_aug.apply_autoaugment_op(to_pil(image), name, magnitude))
 
 
 def fast_autoaugment_op(images: torch.Tensor, name: str, magnitude: float) -> torch.Tensor:
@@ -62,50 +70,47 @@ def fast_autoaugment_op(images: torch.Tensor, name: str, magnitude: float) -> to
 
 
 @pytest.mark.parametrize("name, magnitude", [
-    ("Rotate", 30.0), ("Rotate", -6.666), ("ShearX", 0.2333), ("ShearY", -0.2667),
-    ("TranslateX", -14.0), ("TranslateY", 12.0), ("TranslateY", 4.0),
+    ("Rotate", 30.0), ("Rotate", 6.666), ("TranslateX", -14.5), ("TranslateY", 12.89), ("TranslateY", 4.83),
 ])
-def test_geometric_autoaugment_ops_match_torchvision(name, magnitude):
+def test_nearest_geometric_autoaugment_ops_match_the_classic_pipeline_exactly(name, magnitude):
     images = smooth_images(6, seed=1)
     fast = fast_autoaugment_op(images, name, magnitude)
     classic = torch.stack([classic_autoaugment_op(image, name, magnitude) for image in images]).float()
-    mismatch = (fast != classic).any(dim=1).float().mean().item()
-    assert mismatch <= 0.005, f"{name} {magnitude}: {mismatch:.2%} of the pixels differ"
+    assert torch.equal(fast, classic)
+    assert (fast == 128).all(dim=1).any()  # uncovered pixels are grey
     assert not torch.equal(fast, images.float())  # the op did something
 
 
 @pytest.mark.parametrize("name, magnitude, tolerance", [
+    ("ShearX", 0.2333, 1.0), ("ShearY", -0.2667, 1.0),
     ("Brightness", 0.7, 1.0), ("Brightness", -0.5, 1.0), ("Color", 0.8, 2.0), ("Color", -0.9, 2.0),
     ("Contrast", 0.6, 2.0), ("Contrast", -0.7, 2.0), ("Sharpness", 0.9, 1.5), ("Sharpness", -0.4, 1.5),
     ("AutoContrast", 0.0, 1.0), ("Posterize", 5.0, 0.0), ("Posterize", 4.0, 0.0),
-    ("Solarize", 198.33, 0.0), ("Solarize", 113.33, 0.0), ("Equalize", 0.0, 0.0), ("Invert", 0.0, 0.0),
+    ("Solarize", 199.11, 0.0), ("Solarize", 113.78, 0.0), ("Equalize", 0.0, 0.0), ("Invert", 0.0, 0.0),
 ])
-def test_colour_autoaugment_ops_match_torchvision(name, magnitude, tolerance):
-    # torchvision works on uint8: it truncates results and floors the grey image that Color and Contrast
+def test_other_autoaugment_ops_match_the_classic_pipeline(name, magnitude, tolerance):
+    # PIL works on uint8: it truncates results and rounds the grey image that Color and Contrast
     # blend with, so differences up to 2 levels are rounding
     images = smooth_images(6, seed=2)
     fast = fast_autoaugment_op(images, name, magnitude)
-    classic_magnitude = magnitude / 255.0 if name == "Solarize" else magnitude  # v2 takes a fraction of 255
-    classic = torch.stack([classic_autoaugment_op(image, name, classic_magnitude) for image in images]).float()
+    classic = torch.stack([classic_autoaugment_op(image, name, magnitude) for image in images]).float()
     difference = (fast - classic).abs()
     assert difference.max().item() <= tolerance + 1e-3
     assert difference.mean().item() <= 0.5 * tolerance + 0.1
     assert not torch.equal(fast, images.float())
 
 
-@pytest.mark.parametrize("name", ["brightness", "contrast", "saturation", "hue", "sharpness", "blur", "grayscale"])
+@pytest.mark.parametrize("name", ["brightness", "contrast", "saturation", "hue", "sharpness", "grayscale"])
 def test_float_colour_ops_match_torchvision_functional(name):
     images = smooth_images(5, seed=3).float() / 255.0
     factors = torch.tensor([0.6, 0.85, 1.0, 1.2, 1.4], dtype=torch.float64)
     hues = torch.tensor([-0.1, -0.03, 0.0, 0.05, 0.1], dtype=torch.float64)
-    sigmas = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0], dtype=torch.float64)
     fast_ops = {
         "brightness": lambda x: fast_aug.adjust_brightness_(x, factors),
         "contrast": lambda x: fast_aug.adjust_contrast_(x, factors),
         "saturation": lambda x: fast_aug.adjust_saturation_(x, factors),
         "hue": lambda x: fast_aug.adjust_hue(x, hues),
         "sharpness": lambda x: fast_aug.adjust_sharpness_(x, factors),
-        "blur": lambda x: fast_aug.gaussian_blur3(x, sigmas),
         "grayscale": fast_aug.to_grayscale,
     }
     classic_ops = {
@@ -114,7 +119,6 @@ def test_float_colour_ops_match_torchvision_functional(name):
         "saturation": lambda x, i: TF.adjust_saturation(x, float(factors[i])),
         "hue": lambda x, i: TF.adjust_hue(x, float(hues[i])),
         "sharpness": lambda x, i: TF.adjust_sharpness(x, float(factors[i])),
-        "blur": lambda x, i: TF.gaussian_blur(x, [3, 3], [float(sigmas[i])] * 2),
         "grayscale": lambda x, i: TF.rgb_to_grayscale(x, num_output_channels=3),
     }
     fast = fast_ops[name](images * 255.0) / 255.0
@@ -148,16 +152,9 @@ def test_pad_crop_and_flip_match_torchvision():
         assert torch.equal(out, TF.horizontal_flip(expected) if flip else expected)
 
 
-def test_policy_table_and_magnitudes_are_torchvision_cifar10():
-    # torchvision keeps its table and magnitude scales in private attributes; they define the classic path.
+def test_policy_table_is_the_cifar10_table_torchvision_also_has():
+    # torchvision keeps its table in a private attribute; it is the published table too.
     assert [tuple(sub) for sub in CLASSIC_AUTOAUGMENT._policies] == list(fast_aug.CIFAR10_POLICY)
-    ours = fast_aug.autoaugment_magnitudes(32, 32)
-    for name, (magnitudes_fn, signed) in CLASSIC_AUTOAUGMENT._AUGMENTATION_SPACE.items():
-        reference = magnitudes_fn(10, 32, 32)
-        assert (name in fast_aug.SIGNED_OPS) == signed
-        if reference is not None:
-            scale = 255.0 if name == "Solarize" else 1.0
-            torch.testing.assert_close(ours[name], reference.double() * scale)
 
 
 # --------------------------------------------------------------------------- distributions
@@ -232,8 +229,6 @@ def test_autoaugment_draws_follow_the_policy_table():
             assert abs(params["apply"][chosen, slot].double().mean().item() - probability) < 0.05
             values = params["magnitude"][chosen, slot]
             expected = 0.0 if magnitude_bin is None else float(magnitudes[name][magnitude_bin])
-            if name.startswith("Translate"):
-                expected = float(math.trunc(expected))
             assert torch.allclose(values.abs(), torch.full_like(values, abs(expected)))
             if name in fast_aug.SIGNED_OPS and expected != 0:
                 assert abs((values < 0).double().mean().item() - 0.5) < 0.06
@@ -255,7 +250,8 @@ def test_autoaugment_outputs_match_classic_statistics():
     fast = fast_aug.apply_autoaugment(images.float(), fast_aug.sample_autoaugment(len(images), generator(9)))
     torch.manual_seed(9)
     classic_images = images[:400]
-    classic = torch.stack([CLASSIC_AUTOAUGMENT(image) for image in classic_images]).float()
+    classic_policy = pil_aug.CifarAutoAugment()
+    classic = torch.stack([from_pil(classic_policy(to_pil(image))) for image in classic_images]).float()
 
     def statistics(out: torch.Tensor, source: torch.Tensor) -> dict:
         change = (out - source.float()).abs().mean(dim=(1, 2, 3))

@@ -7,10 +7,15 @@ Augmentation", IEEE TIP 2024) inherits from balanced contrastive learning (Zhu e
 
 * view 0 (CIFAR): pad-4 random crop, horizontal flip and the AutoAugment CIFAR-10
   policy (Cubuk et al., "AutoAugment: Learning Augmentation Strategies from Data",
-  CVPR 2019) with torchvision's sub-policy table and magnitude scales;
+  CVPR 2019) with the semantics of the published ConCutMix code (PIL operations:
+  grey fill, shears about the top-left corner with bicubic interpolation, nearest
+  neighbour translations and rotations, rotations never mirrored);
+* view 0 (ImageNet scale): the published timm-style RandAugment ``rand-n2-m10-mstd0.5``
+  (``sample_randaugment`` / ``apply_randaugment``);
 * contrastive views: RandomResizedCrop, flip, ColorJitter applied with probability p
   (its four operations in a random order drawn per image, as torchvision draws it per
-  call), random grayscale and a 3x3 Gaussian blur with a per-image sigma.
+  call), random grayscale and PIL's Gaussian blur (three extended-box passes per axis)
+  with a per-image sigma.
 
 Every image gets its own draws, from the same distributions as the per-sample
 torchvision recipe in ``ccmix.data.views``. Sampling is separate from applying:
@@ -42,9 +47,9 @@ blur, normalise) from uint8: kornia 0.9 about 2,200 pairs per CPU-second, this m
 about 6,500 (one intra-op thread, best of 8 runs), i.e. about 3x. So this module is
 plain batched torch code, written to touch memory as little as possible (on the CPU a
 fresh batch-sized tensor costs more than an in-place pass): integer-shift crops by one
-``gather`` on uint8; one bilinear ``grid_sample`` for crop + flip + resize; one gather
-for all geometric AutoAugment operations; brightness, contrast and saturation as one
-in-place per-image blend; a modulo-free HSV hue rotation; a separable 3-tap blur with
+``gather`` on uint8; one bilinear ``grid_sample`` for crop + flip + resize; one PIL-convention
+affine gather per interpolation for the geometric AutoAugment operations; brightness, contrast and saturation as one
+in-place per-image blend; a modulo-free HSV hue rotation; PIL's box-pass blur with
 per-image weights.
 """
 
@@ -68,10 +73,12 @@ AUTOAUGMENT_OPS = (
 )
 _OP = {name: code for code, name in enumerate(AUTOAUGMENT_OPS)}
 GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
-SIGNED_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast", "Sharpness")
+# Operations whose magnitude gets a random sign; the published policy never mirrors Rotate.
+SIGNED_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Brightness", "Color", "Contrast", "Sharpness")
+AUTOAUGMENT_FILL = (128.0, 128.0, 128.0)  # grey, on the 0..255 scale, for pixels a geometric op uncovers
 
-# AutoAugment CIFAR-10 policy (Cubuk et al. 2019) as tabulated by torchvision:
-# 25 sub-policies of two (operation, probability, magnitude bin or None).
+# AutoAugment CIFAR-10 policy (Cubuk et al. 2019), the table of the published code (torchvision has the
+# same one): 25 sub-policies of two (operation, probability, magnitude bin or None).
 CIFAR10_POLICY = (
     (("Invert", 0.1, None), ("Contrast", 0.2, 6)),
     (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),
@@ -103,20 +110,21 @@ MAGNITUDE_BINS = 10
 
 
 def autoaugment_magnitudes(height: int, width: int) -> dict[str, torch.Tensor]:
-    """Return op name -> float64 (10,) magnitude per bin, torchvision's AutoAugment scales for an HxW image.
+    """Return op name -> float64 (10,) magnitude per bin, the published AutoAugment scales for an HxW image.
 
-    Units: shear as the tangent, translation in pixels, rotation in degrees, colour ops
-    as factor - 1, posterize in bits, solarize as the threshold on the 0..255 scale.
+    Units: shear as the tangent, translation in pixels (fractional), rotation in degrees
+    (counter-clockwise), colour ops as factor - 1, posterize in bits, solarize as the
+    threshold on the 0..255 scale (linspace(256, 0): bin 0 inverts nothing).
     """
     bins = MAGNITUDE_BINS
     linspace = lambda high: torch.linspace(0.0, high, bins, dtype=torch.float64)  # noqa: E731
     return {
         "ShearX": linspace(0.3), "ShearY": linspace(0.3),
-        "TranslateX": linspace(150.0 / 331.0 * width), "TranslateY": linspace(150.0 / 331.0 * height),
+        "TranslateX": linspace(150.0 / 331.0) * width, "TranslateY": linspace(150.0 / 331.0) * height,
         "Rotate": linspace(30.0),
         "Brightness": linspace(0.9), "Color": linspace(0.9), "Contrast": linspace(0.9), "Sharpness": linspace(0.9),
-        "Posterize": (8 - (torch.arange(bins) / ((bins - 1) / 4)).round()).to(torch.float64),
-        "Solarize": torch.linspace(1.0, 0.0, bins, dtype=torch.float64) * MAX_VALUE,
+        "Posterize": torch.linspace(8.0, 4.0, bins, dtype=torch.float64).round(),
+        "Solarize": torch.linspace(256.0, 0.0, bins, dtype=torch.float64),
     }
 
 
@@ -160,20 +168,17 @@ def sample_autoaugment(batch: int, generator: torch.Generator, image_size: tuple
 
     "policy" int64 (B,): sub-policy index 0..24; "op" int64 (B, 2): index into
     ``AUTOAUGMENT_OPS`` of the two operations; "apply" bool (B, 2): whether each fires
-    (uniform draw <= its probability); "magnitude" float64 (B, 2): the value passed to the
+    (uniform draw < its probability); "magnitude" float64 (B, 2): the value passed to the
     operation (see ``autoaugment_magnitudes``), sign flipped with probability 0.5 for
-    signed operations, translations truncated to whole pixels as torchvision does.
+    ``SIGNED_OPS``.
     """
     _check_batch(batch)
     codes, probabilities, values, signed = _policy_tables(*image_size)
     policy = torch.randint(0, len(CIFAR10_POLICY), (batch,), generator=generator)
-    fire = torch.rand(batch, 2, generator=generator, dtype=torch.float64) <= probabilities[policy]
-    negative = torch.rand(batch, 2, generator=generator) <= 0.5
+    fire = torch.rand(batch, 2, generator=generator, dtype=torch.float64) < probabilities[policy]
+    negative = torch.rand(batch, 2, generator=generator) < 0.5
     magnitude = torch.where(signed[policy] & negative, -values[policy], values[policy])
-    op = codes[policy]
-    is_translate = (op == _OP["TranslateX"]) | (op == _OP["TranslateY"])
-    magnitude = torch.where(is_translate, magnitude.trunc(), magnitude)
-    return {"policy": policy, "op": op, "apply": fire, "magnitude": magnitude}
+    return {"policy": policy, "op": codes[policy], "apply": fire, "magnitude": magnitude}
 
 
 def sample_resized_crop(
@@ -436,21 +441,72 @@ def equalize(images: torch.Tensor) -> torch.Tensor:
     return lut.gather(1, levels).view(batch, channels, height, width)
 
 
-def gaussian_blur3(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Return new images blurred by a 3x3 Gaussian of per-image ``sigma`` (B,) pixels, reflect padding (torchvision).
+# PIL's GaussianBlur (Pillow's BoxBlur.c): three passes of an "extended" box filter per axis, whose
+# fractional radius gives the three passes together the variance of a Gaussian of the requested sigma
+# (Gwosdek et al., "Theoretical foundations of Gaussian convolution by extended box filtering", SSVM 2011).
+BLUR_PASSES = 3
+_FIXED_POINT = float(1 << 24)  # PIL's box weights are 24-bit fixed-point numbers
 
-    Separable: along each axis, out = centre * w0 + (previous + next) * w1 with the
-    normalised taps w0 = 1 / (1 + 2 e), w1 = e / (1 + 2 e), e = exp(-1 / (2 sigma^2)).
+
+def pil_box_radius(sigma: torch.Tensor) -> torch.Tensor:
+    """Return float64 (N,) fractional box radii that PIL's GaussianBlur uses for per-image ``sigma`` (N,) pixels."""
+    variance = sigma.double().square() / BLUR_PASSES
+    whole = torch.floor((torch.sqrt(12.0 * variance + 1.0) - 1.0) / 2.0)
+    fraction = (2.0 * whole + 1.0) * (whole * (whole + 1.0) - 3.0 * variance)
+    return whole + fraction / (6.0 * (variance - (whole + 1.0).square()))
+
+
+def box_blur_weights(radius: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Return (float64 (N, 2 * reach + 1) taps, reach) of PIL's extended box filter of per-image ``radius`` (N,).
+
+    The 2 * floor(r) + 1 inner taps weigh 1 / (2r + 1) each and the two outer ones share
+    the rest, with PIL's 24-bit fixed-point rounding; reach = max floor(r) + 1 pixels.
     """
-    sigma = _per_image(sigma, images)
-    edge = torch.exp(-0.5 / sigma.square())
-    centre_weight = 1.0 / (1.0 + 2.0 * edge)
-    side_weight = edge * centre_weight
-    padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
-    rows = padded[..., :-2] + padded[..., 2:]
-    rows = rows.mul_(side_weight).addcmul_(padded[..., 1:-1], centre_weight)  # (B, C, H + 2, W)
-    columns = rows[..., :-2, :] + rows[..., 2:, :]
-    return columns.mul_(side_weight).addcmul_(rows[..., 1:-1, :], centre_weight)
+    radius = radius.double().cpu()
+    whole = torch.floor(radius)
+    reach = int(whole.max()) + 1 if radius.numel() else 1
+    inner = torch.floor(_FIXED_POINT / (2.0 * radius + 1.0))
+    outer = torch.floor((_FIXED_POINT - (2.0 * whole + 1.0) * inner) / 2.0)
+    distance = torch.arange(-reach, reach + 1, dtype=torch.float64).abs().view(1, -1)
+    whole = whole.view(-1, 1)
+    taps = torch.where(distance <= whole, inner.view(-1, 1), torch.where(distance == whole + 1, outer.view(-1, 1), 0.0))
+    return taps / _FIXED_POINT, reach
+
+
+def _box_pass(images: torch.Tensor, taps: torch.Tensor, reach: int) -> torch.Tensor:
+    """Return one box pass along the last axis, edge pixels repeated beyond the border (as PIL); taps (K, N, 1, 1, 1)."""
+    padded = F.pad(images, (reach, reach, 0, 0), mode="replicate")
+    width = images.shape[-1]
+    out = padded[..., 0:width] * taps[0]
+    for k in range(1, taps.shape[0]):
+        out.addcmul_(padded[..., k:k + width], taps[k])
+    return out
+
+
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Return new images blurred as PIL's ``ImageFilter.GaussianBlur(radius=sigma)`` blurs, per-image sigma.
+
+    images: float (N, 3, H, W), in [0, 1] or any other scale (the filter is linear);
+    sigma: (N,) pixels, ideally a CPU tensor (its kernel sizes are read on the host). Three
+    extended-box passes along the rows then three along the columns, edges repeated,
+    as in Pillow; unlike Pillow, values are not rounded to 8 bits between passes.
+    """
+    taps, reach = box_blur_weights(pil_box_radius(sigma.to("cpu")))
+    return box_blur(images, taps, reach)
+
+
+def box_blur(images: torch.Tensor, taps: torch.Tensor, reach: int) -> torch.Tensor:
+    """Return new images after ``BLUR_PASSES`` box passes per axis with per-image ``taps`` (N, 2 * reach + 1)."""
+    if images.shape[0] == 0:
+        return images.clone()
+    taps = to_device(taps.t().contiguous(), images.device, images.dtype).view(-1, images.shape[0], 1, 1, 1)
+    out = images
+    for _ in range(BLUR_PASSES):
+        out = _box_pass(out, taps, reach)
+    out = out.transpose(-1, -2)
+    for _ in range(BLUR_PASSES):
+        out = _box_pass(out, taps, reach)
+    return out.transpose(-1, -2).contiguous()
 
 
 def blend_(images: torch.Tensor, factor: torch.Tensor, luma_weight: torch.Tensor,
@@ -471,74 +527,110 @@ def blend_(images: torch.Tensor, factor: torch.Tensor, luma_weight: torch.Tensor
 # --------------------------------------------------------------------------- geometric operations
 
 
-def inverse_affine_matrices(
-    angle: torch.Tensor, translate: torch.Tensor, shear: torch.Tensor, center: torch.Tensor,
-) -> torch.Tensor:
-    """Return float64 (B, 2, 3) output->input pixel maps, torchvision's ``_get_inverse_affine_matrix`` per image.
+# PIL's affine convention: output pixel (x, y) takes the input at (a, b, c, d, e, f) applied to its
+# centre, X = a (x + 0.5) + b (y + 0.5) + c and Y = d (x + 0.5) + e (y + 0.5) + f, in pixels from the
+# top-left corner; a point outside [0, W) x [0, H) gets the fill colour.
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
-    angle (B,) degrees, translate (B, 2) pixels, shear (B, 2) degrees, center (B, 2) pixels
-    relative to the image centre; coordinates are centred pixel coordinates; scale 1.
+
+def _pil_source(coefficients: torch.Tensor, height: int, width: int, device: torch.device) -> tuple:
+    """Return float64 source coordinates (X, Y), each (B, H, W), of PIL affine ``coefficients`` (B, 6)."""
+    c = to_device(coefficients, device, torch.float64)
+    x = (torch.arange(width, device=device, dtype=torch.float64) + 0.5).view(1, 1, -1)
+    y = (torch.arange(height, device=device, dtype=torch.float64) + 0.5).view(1, -1, 1)
+    source_x = c[:, 0].view(-1, 1, 1) * x + c[:, 1].view(-1, 1, 1) * y + c[:, 2].view(-1, 1, 1)
+    source_y = c[:, 3].view(-1, 1, 1) * x + c[:, 4].view(-1, 1, 1) * y + c[:, 5].view(-1, 1, 1)
+    return source_x, source_y
+
+
+def _cubic_weights(d: torch.Tensor) -> list[torch.Tensor]:
+    """Return PIL's four bicubic weights (cubic convolution with a = -1) at fractional offsets ``d``."""
+    d2, d3 = d * d, d * d * d
+    return [-d + 2.0 * d2 - d3, 1.0 - 2.0 * d2 + d3, d + d2 - d3, d3 - d2]
+
+
+def _linear_weights(d: torch.Tensor) -> list[torch.Tensor]:
+    """Return the two bilinear weights at fractional offsets ``d``."""
+    return [1.0 - d, d]
+
+
+def pil_affine(images: torch.Tensor, coefficients: torch.Tensor, fill: tuple[float, float, float],
+               interpolation: str = "nearest") -> torch.Tensor:
+    """Return new images warped as PIL's ``Image.transform(size, AFFINE, coefficients, resample, fillcolor)``.
+
+    images float (B, C, H, W) 0..255; coefficients float64 (B, 6) per image (output pixel
+    centre -> input point); fill: one value per channel for points outside the image.
+    nearest takes the pixel containing the point; bilinear and bicubic (PIL's a = -1
+    kernel) read neighbours with indices clamped to the image, as Pillow's filters do.
     """
-    rot = torch.deg2rad(angle.double())
-    shear_x, shear_y = torch.deg2rad(shear.double()).unbind(dim=1)
-    cx, cy = center.double().unbind(dim=1)
-    tx, ty = translate.double().unbind(dim=1)
-    a = torch.cos(rot - shear_y) / torch.cos(shear_y)
-    b = -(a * torch.tan(shear_x) + torch.sin(rot))
-    c = torch.sin(rot - shear_y) / torch.cos(shear_y)
-    d = torch.cos(rot) - c * torch.tan(shear_x)
-    m0, m1, m3, m4 = d, -b, -c, a
-    m2 = cx - m0 * (cx + tx) - m1 * (cy + ty)
-    m5 = cy - m3 * (cx + tx) - m4 * (cy + ty)
-    return torch.stack((torch.stack((m0, m1, m2), dim=1), torch.stack((m3, m4, m5), dim=1)), dim=1)
-
-
-def affine_nearest(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
-    """Return new images warped by per-image ``matrices`` (B, 2, 3), nearest neighbour, zero fill (torchvision affine).
-
-    ``matrices`` map output to input in centred pixel coordinates (``inverse_affine_matrices``).
-    Source pixels are rounded half to even, as grid_sample's nearest mode does; one
-    gather from the zero-bordered image replaces a sampling grid.
-    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r} is not accepted; choose one of: {', '.join(INTERPOLATIONS)}")
     batch, channels, height, width = images.shape
     device = images.device
-    m = to_device(matrices, device, torch.float32)
-    x = torch.arange(width, device=device, dtype=torch.float32) - (width - 1) / 2.0
-    y = torch.arange(height, device=device, dtype=torch.float32) - (height - 1) / 2.0
+    source_x, source_y = _pil_source(coefficients, height, width, device)
+    inside = (source_x >= 0) & (source_x < width) & (source_y >= 0) & (source_y < height)
+    flat = images.reshape(batch, channels, height * width)
 
-    def source(row: int, size: int) -> torch.Tensor:
-        along_x = m[:, row, 0:1] * x  # (B, W)
-        along_y = m[:, row, 1:2] * y + (m[:, row, 2:3] + (size - 1) / 2.0)  # (B, H)
-        # rounded source index, clamped onto the zero border at -1 and size
-        return (along_y.unsqueeze(2) + along_x.unsqueeze(1)).round_().clamp_(-1.0, float(size)).add_(1.0)
+    def read(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        index = (rows.clamp(0, height - 1) * width + columns.clamp(0, width - 1)).view(batch, 1, -1)
+        return flat.gather(2, index.expand(batch, channels, height * width)).view(batch, channels, height, width)
 
-    index = source(1, height).mul_(width + 2).add_(source(0, width)).to(torch.int64).view(batch, 1, -1)
-    padded = F.pad(images, (1, 1, 1, 1)).reshape(batch, channels, -1)
-    return padded.gather(2, index.expand(batch, channels, height * width)).view(batch, channels, height, width)
+    if interpolation == "nearest":
+        out = read(source_y.floor().long(), source_x.floor().long())
+    else:
+        weights, first = (_linear_weights, 0) if interpolation == "bilinear" else (_cubic_weights, -1)
+        start_x, start_y = (source_x - 0.5).floor(), (source_y - 0.5).floor()
+        wx = [w.to(images.dtype).unsqueeze(1) for w in weights(source_x - 0.5 - start_x)]
+        wy = [w.to(images.dtype).unsqueeze(1) for w in weights(source_y - 0.5 - start_y)]
+        start_x, start_y = start_x.long() + first, start_y.long() + first
+        out = torch.zeros_like(images)
+        for j, weight_y in enumerate(wy):
+            row = sum(weight_x * read(start_y + j, start_x + i) for i, weight_x in enumerate(wx))
+            out.add_(row * weight_y)
+        if interpolation == "bicubic":
+            out.clamp_(0.0, MAX_VALUE)
+    fill_values = _constant(tuple(float(v) for v in fill), device, images.dtype).view(1, -1, 1, 1)
+    return torch.where(inside.unsqueeze(1), out, fill_values)
 
 
-def autoaugment_matrices(op: torch.Tensor, magnitude: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Return float64 (B, 2, 3) ``affine_nearest`` maps of geometric AutoAugment ops (identity for the others).
+def rotation_coefficients(degrees: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Return float64 (B, 6) PIL affine coefficients of ``Image.rotate(degrees)`` (counter-clockwise, about the centre)."""
+    angle = -torch.deg2rad(degrees.double())
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    centre_x, centre_y = width / 2.0, height / 2.0
+    return torch.stack((cos, sin, centre_x - cos * centre_x - sin * centre_y,
+                        -sin, cos, centre_y + sin * centre_x - cos * centre_y), dim=1)
 
-    op (B,) codes into ``AUTOAUGMENT_OPS``, magnitude (B,) as drawn by ``sample_autoaugment``.
+
+def geometric_coefficients(op: torch.Tensor, value: torch.Tensor, codes: dict[str, int], height: int,
+                           width: int) -> torch.Tensor:
+    """Return float64 (B, 6) PIL affine coefficients of geometric ops (identity for the others).
+
+    op (B,) op codes; value (B,) their signed argument; ``codes`` maps "ShearX", "ShearY",
+    "TranslateX", "TranslateY" and "Rotate" to the codes of the op table. Shears about the
+    top-left corner, translations by ``value`` pixels (the content moves the other way),
+    rotations by ``value`` degrees counter-clockwise about the centre, as PIL does them.
     """
-    zeros = torch.zeros_like(magnitude)
-    angle = torch.where(op == _OP["Rotate"], -magnitude, zeros)  # torchvision rotate = affine by -angle
-    shear = torch.stack((torch.where(op == _OP["ShearX"], torch.rad2deg(torch.atan(magnitude)), zeros),
-                         torch.where(op == _OP["ShearY"], torch.rad2deg(torch.atan(magnitude)), zeros)), dim=1)
-    translate = torch.stack((torch.where(op == _OP["TranslateX"], magnitude, zeros),
-                             torch.where(op == _OP["TranslateY"], magnitude, zeros)), dim=1)
-    is_shear = ((op == _OP["ShearX"]) | (op == _OP["ShearY"])).double()
-    # shears turn about the top-left corner (center=[0, 0] in torchvision), the rest about the image centre
-    center = torch.stack((-width / 2.0 * is_shear, -height / 2.0 * is_shear), dim=1)
-    return inverse_affine_matrices(angle, translate, shear, center)
+    value = value.double()
+    zeros, ones = torch.zeros_like(value), torch.ones_like(value)
+    coefficients = torch.stack((ones, zeros, zeros, zeros, ones, zeros), dim=1)
+    for column, name in ((1, "ShearX"), (3, "ShearY"), (2, "TranslateX"), (5, "TranslateY")):
+        coefficients[:, column] = torch.where(op == codes[name], value, zeros)
+    rotate = op == codes["Rotate"]
+    return torch.where(rotate.view(-1, 1), rotation_coefficients(value, height, width), coefficients)
+
+
+def autoaugment_coefficients(op: torch.Tensor, magnitude: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Return float64 (B, 6) PIL affine coefficients of geometric AutoAugment ops (``geometric_coefficients``)."""
+    return geometric_coefficients(op, magnitude, {name: _OP[name] for name in GEOMETRIC_OPS}, height, width)
 
 
 # --------------------------------------------------------------------------- AutoAugment
 
 
 _AA_HANDLERS = [  # one group per kind of operation; Invert is Solarize with threshold 0
-    lambda images, p: affine_nearest(images, p["matrix"]),
+    lambda images, p: pil_affine(images, p["coefficients"], AUTOAUGMENT_FILL, "nearest"),
+    lambda images, p: pil_affine(images, p["coefficients"], AUTOAUGMENT_FILL, "bicubic"),
     lambda images, p: adjust_sharpness_(images, 1.0 + p["magnitude"]),
     lambda images, p: posterize_(images, p["magnitude"]),
     lambda images, p: solarize(images, p["magnitude"]),
@@ -547,9 +639,10 @@ _AA_HANDLERS = [  # one group per kind of operation; Invert is Solarize with thr
 ]
 _NO_GROUP = len(_AA_HANDLERS)
 _AA_GROUP_OF_OP = torch.tensor([
-    0, 0, 0, 0, 0,  # ShearX, ShearY, TranslateX, TranslateY, Rotate: one affine gather
+    1, 1,  # ShearX, ShearY: bicubic, as published
+    0, 0, 0,  # TranslateX, TranslateY, Rotate: nearest neighbour, as published
     _NO_GROUP, _NO_GROUP, _NO_GROUP,  # Brightness, Color, Contrast: one batch-wide blend instead
-    1, 2, 3, 4, 5, 3,  # Sharpness, Posterize, Solarize, AutoContrast, Equalize, Invert
+    2, 3, 4, 5, 6, 4,  # Sharpness, Posterize, Solarize, AutoContrast, Equalize, Invert
 ])
 
 
@@ -558,7 +651,7 @@ def apply_autoaugment(images: torch.Tensor, params: dict) -> torch.Tensor:
 
     ``params`` from ``sample_autoaugment``. Per slot: Brightness, Color and Contrast as one
     batch-wide per-image blend (identity weights elsewhere), then the other operations
-    group-wise by kind (one geometric group, five others).
+    group-wise by kind (nearest and bicubic geometric groups filled with grey, five others).
     """
     height, width = images.shape[-2:]
     for slot in range(2):
@@ -572,8 +665,133 @@ def apply_autoaugment(images: torch.Tensor, params: dict) -> torch.Tensor:
             blend_(images, torch.where(blending, 1.0 + magnitude, torch.ones_like(magnitude)),
                    torch.where(is_blend["Color"], -magnitude, zeros), torch.where(is_blend["Contrast"], -magnitude, zeros))
         group = torch.where(fire, _AA_GROUP_OF_OP[op], torch.full_like(op, _NO_GROUP))
-        slot_params = {"magnitude": magnitude, "matrix": autoaugment_matrices(op, magnitude, height, width)}
+        slot_params = {"magnitude": magnitude, "coefficients": autoaugment_coefficients(op, magnitude, height, width)}
         apply_grouped(images, group, _AA_HANDLERS, slot_params)
+    return images
+
+
+# --------------------------------------------------------------------------- RandAugment (ImageNet-scale view 0)
+
+# The published timm-style RandAugment: fifteen ops, drawn uniformly with replacement.
+RANDAUGMENT_OPS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color", "Contrast",
+    "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
+)
+_RA = {name: code for code, name in enumerate(RANDAUGMENT_OPS)}
+RANDAUGMENT_SIGNED_OPS = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+RANDAUGMENT_MAX_LEVEL = 10.0
+RANDAUGMENT_OP_PROB = 0.5
+
+
+def randaugment_arguments(op: torch.Tensor, level: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Return float64 (B,) unsigned arguments of RandAugment ops ``op`` (B,) at ``level`` (B,) in [0, 10].
+
+    Rotate in degrees (up to 30), shear as the tangent (up to 0.3), relative translations
+    in pixels (up to 0.45 of the side), posterize bits int(4 level / 10), solarize
+    threshold int(256 level / 10), SolarizeAdd amount int(110 level / 10), enhancement
+    factor 0.1 + 1.8 level / 10; 0 for argument-free ops.
+    """
+    fraction = level.double() / RANDAUGMENT_MAX_LEVEL
+    table = torch.zeros(len(RANDAUGMENT_OPS), fraction.shape[0], dtype=torch.float64)
+    table[_RA["Rotate"]] = 30.0 * fraction
+    table[_RA["ShearX"]] = table[_RA["ShearY"]] = 0.3 * fraction
+    table[_RA["TranslateXRel"]] = 0.45 * fraction * width
+    table[_RA["TranslateYRel"]] = 0.45 * fraction * height
+    table[_RA["Posterize"]] = (4.0 * fraction).floor()
+    table[_RA["Solarize"]] = (256.0 * fraction).floor()
+    table[_RA["SolarizeAdd"]] = (110.0 * fraction).floor()
+    for name in ("Color", "Contrast", "Brightness", "Sharpness"):
+        table[_RA[name]] = 0.1 + 1.8 * fraction
+    return table.gather(0, op.view(1, -1)).view(-1)
+
+
+def sample_randaugment(batch: int, generator: torch.Generator, image_size: tuple[int, int] = (224, 224),
+                       num_ops: int = 2, magnitude: float = 10.0, magnitude_std: float = 0.5) -> dict:
+    """Return per-image draws of RandAugment ``rand-n{num_ops}-m{magnitude}-mstd{magnitude_std}`` for HxW images.
+
+    "op" int64 (B, num_ops) into ``RANDAUGMENT_OPS``; "apply" bool (B, num_ops), each with
+    probability 0.5; "level" float64 (B, num_ops) ~ N(magnitude, magnitude_std) clipped to
+    [0, 10]; "argument" float64 (B, num_ops), the op argument (``randaugment_arguments``)
+    with a random sign for ``RANDAUGMENT_SIGNED_OPS``; "bicubic" bool (B, num_ops), the
+    resampling of geometric ops (else bilinear).
+    """
+    _check_batch(batch)
+    op = torch.randint(0, len(RANDAUGMENT_OPS), (batch, num_ops), generator=generator)
+    fire = torch.rand(batch, num_ops, generator=generator, dtype=torch.float64) < RANDAUGMENT_OP_PROB
+    noise = torch.randn(batch, num_ops, generator=generator, dtype=torch.float64)
+    level = (magnitude + magnitude_std * noise).clamp(0.0, RANDAUGMENT_MAX_LEVEL)
+    negative = torch.rand(batch, num_ops, generator=generator) < 0.5
+    bicubic = torch.rand(batch, num_ops, generator=generator) < 0.5
+    argument = randaugment_arguments(op.reshape(-1), level.reshape(-1), *image_size).view(batch, num_ops)
+    signed = torch.zeros(len(RANDAUGMENT_OPS), dtype=torch.bool)
+    signed[[_RA[name] for name in RANDAUGMENT_SIGNED_OPS]] = True
+    argument = torch.where(signed[op] & negative, -argument, argument)
+    return {"op": op, "apply": fire, "level": level, "argument": argument, "bicubic": bicubic}
+
+
+def randaugment_coefficients(op: torch.Tensor, argument: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Return float64 (B, 6) PIL affine coefficients of geometric RandAugment ops (``geometric_coefficients``)."""
+    codes = {"ShearX": _RA["ShearX"], "ShearY": _RA["ShearY"], "TranslateX": _RA["TranslateXRel"],
+             "TranslateY": _RA["TranslateYRel"], "Rotate": _RA["Rotate"]}
+    return geometric_coefficients(op, argument, codes, height, width)
+
+
+def solarize_add(images: torch.Tensor, amount: torch.Tensor, threshold: float = 128.0) -> torch.Tensor:
+    """Return images with ``amount`` (B,) added, capped at 255, to every value below ``threshold`` (published op)."""
+    return torch.where(images < threshold, (images + _per_image(amount, images)).clamp_(max=MAX_VALUE), images)
+
+
+def _randaugment_handlers(fill: tuple[float, float, float]) -> list:
+    """Return the group handlers of one RandAugment slot (see ``apply_randaugment``)."""
+    return [
+        lambda images, p: pil_affine(images, p["coefficients"], fill, "bilinear"),
+        lambda images, p: pil_affine(images, p["coefficients"], fill, "bicubic"),
+        lambda images, p: adjust_sharpness_(images, p["argument"]),
+        lambda images, p: posterize_(images, p["argument"]),
+        lambda images, p: solarize(images, p["argument"]),
+        lambda images, p: solarize_add(images, p["argument"]),
+        lambda images, p: autocontrast_(images),
+        lambda images, p: equalize(images),
+        lambda images, p: solarize(images, torch.zeros_like(p["argument"])),  # invert
+    ]
+
+
+_RA_GROUP_OF_OP = {"Sharpness": 2, "Posterize": 3, "Solarize": 4, "SolarizeAdd": 5, "AutoContrast": 6,
+                   "Equalize": 7, "Invert": 8}
+_RA_GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+
+
+def apply_randaugment(images: torch.Tensor, params: dict, fill: tuple[float, float, float]) -> torch.Tensor:
+    """Return float 0..255 images (B, 3, H, W) after each image's RandAugment ops (modified in place).
+
+    ``params`` from ``sample_randaugment``; ``fill`` is the 0..255 RGB colour of uncovered
+    pixels. Per slot: Brightness, Color and Contrast as one per-image blend with factor
+    ``argument``, the rest group-wise by kind (geometric ops by resampling).
+    """
+    height, width = images.shape[-2:]
+    handlers = _randaugment_handlers(fill)
+    no_group = len(handlers)
+    for slot in range(params["op"].shape[1]):
+        op = params["op"][:, slot]
+        fire = params["apply"][:, slot]
+        argument = params["argument"][:, slot]
+        is_blend = {name: fire & (op == _RA[name]) for name in ("Brightness", "Color", "Contrast")}
+        if any(mask.any() for mask in is_blend.values()):
+            blending = is_blend["Brightness"] | is_blend["Color"] | is_blend["Contrast"]
+            zeros = torch.zeros_like(argument)
+            blend_(images, torch.where(blending, argument, torch.ones_like(argument)),
+                   torch.where(is_blend["Color"], 1.0 - argument, zeros),
+                   torch.where(is_blend["Contrast"], 1.0 - argument, zeros))
+        group = torch.full_like(op, no_group)
+        for name, index in _RA_GROUP_OF_OP.items():
+            group = torch.where(op == _RA[name], index, group)
+        geometric = torch.zeros_like(fire)
+        for name in _RA_GEOMETRIC:
+            geometric |= op == _RA[name]
+        group = torch.where(geometric, params["bicubic"][:, slot].long(), group)
+        group = torch.where(fire, group, no_group)
+        slot_params = {"argument": argument, "coefficients": randaugment_coefficients(op, argument, height, width)}
+        apply_grouped(images, group, handlers, slot_params)
     return images
 
 
@@ -672,8 +890,9 @@ def apply_contrastive(images: torch.Tensor, params: dict) -> torch.Tensor:
     views = apply_resized_crop(images, params)
     apply_color_jitter(views, params)
     apply_grouped(views, (~params["grayscale"]).long(), [lambda x, p: to_grayscale(x)], {})
-    apply_grouped(views, (~params["blur"]).long(), [lambda x, p: gaussian_blur3(x, p["sigma"])],
-                  {"sigma": params["sigma"]})
+    # kernel sizes are set on the host from the CPU draws, so the device never waits
+    taps, reach = box_blur_weights(pil_box_radius(params["sigma"]))
+    apply_grouped(views, (~params["blur"]).long(), [lambda x, p: box_blur(x, p["taps"], reach)], {"taps": taps})
     return views
 
 
@@ -713,7 +932,9 @@ __all__ = [
     "sample_crop_flip", "sample_autoaugment", "sample_resized_crop", "sample_color_jitter", "sample_contrastive",
     "sample_classification", "to_device", "apply_grouped", "luma", "adjust_brightness_", "adjust_saturation_", "adjust_contrast_",
     "adjust_sharpness_", "adjust_hue", "to_grayscale", "posterize_", "solarize", "autocontrast_", "equalize",
-    "gaussian_blur3", "inverse_affine_matrices", "affine_nearest", "autoaugment_matrices", "apply_autoaugment",
+    "gaussian_blur", "box_blur", "pil_box_radius", "box_blur_weights", "BLUR_PASSES", "pil_affine", "rotation_coefficients", "geometric_coefficients", "autoaugment_coefficients", "INTERPOLATIONS", "AUTOAUGMENT_FILL", "apply_autoaugment",
     "apply_crop_flip", "apply_resized_crop", "apply_color_jitter", "apply_contrastive", "normalize_", "blend_",
-    "classification_views", "contrastive_views",
+    "classification_views", "contrastive_views", "RANDAUGMENT_OPS", "RANDAUGMENT_SIGNED_OPS", "RANDAUGMENT_MAX_LEVEL",
+    "RANDAUGMENT_OP_PROB", "randaugment_arguments", "sample_randaugment", "randaugment_coefficients", "solarize_add",
+    "apply_randaugment",
 ]

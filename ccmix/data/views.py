@@ -11,15 +11,23 @@ Every number of the recipes is a module-level constant (and is also grouped in t
 values. Every view takes a PIL RGB image and returns a float32 normalised (3, H, W)
 tensor.
 
+The CIFAR view 0 and the blur of the CIFAR contrastive views are PIL operations with the
+semantics of the published code (``ccmix.data.pil_aug``): AutoAugment with grey fill, and
+PIL's Gaussian blur (its kernel grows with sigma).
+
 ImageNet-scale choices (recipe ``imagenet``, the ``sim-sim`` setting of the published
 scripts):
 
 * view 0: RandomResizedCrop(224, scale 0.08–1), horizontal flip, ColorJitter(0.4, 0.4,
-  0.4, 0) always applied, RandAugment with 2 ops at magnitude 10 on an 11-bin scale
-  (0..10), i.e. the ``rand-n2-m10`` setting of the reference on its 0–10 magnitude scale
-  (torchvision's default 31 bins would make m=10 a third of the maximum), then normalise;
+  0.4, 0) always applied, the timm-style RandAugment ``rand-n2-m10-mstd0.5`` of the
+  published code (each of the two ops applied with probability 0.5, magnitude noise,
+  fill with the ImageNet mean colour), then normalise;
 * contrastive views: RandomResizedCrop(224, scale 0.08–1), flip, ColorJitter(0.4, 0.4,
-  0.4, 0.1) with p=0.8, grayscale with p=0.2, normalise (no blur, as in the reference).
+  0.4, 0.1) with p=0.8, grayscale with p=0.2, normalise (no blur, as published).
+
+Contrastive-view variants of the published code (``CONTRASTIVE_VARIANTS``, ImageNet
+recipe): ``sim-sim`` (both views as above), ``sim-rand`` (the first view also gets the
+RandAugment: the "randstack" view) and ``randstack`` (both views do).
 """
 
 from __future__ import annotations
@@ -29,7 +37,10 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms import v2
 
+from ccmix.data.pil_aug import CifarAutoAugment, PILGaussianBlur, RandAugment
+
 RECIPES = ("cifar", "imagenet")
+CONTRASTIVE_VARIANTS = ("sim-sim", "sim-rand", "randstack")
 
 # --- normalisation (mean, std) per RGB channel, on images scaled to [0, 1] ---
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -54,12 +65,11 @@ CONTRASTIVE_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, h
 CONTRASTIVE_JITTER_PROB = 0.8
 GRAYSCALE_PROB = 0.2
 BLUR_PROB = 0.5  # CIFAR contrastive views only
-BLUR_KERNEL_SIZE = 3  # pixels
-BLUR_SIGMA = (0.1, 2.0)  # pixels, sigma drawn uniformly from this range
+BLUR_SIGMA = (0.1, 2.0)  # pixels, sigma drawn uniformly from this range (PIL GaussianBlur radius)
 IMAGENET_VIEW0_JITTER = (0.4, 0.4, 0.4, 0.0)  # brightness, contrast, saturation, hue; always applied
 RANDAUGMENT_NUM_OPS = 2
-RANDAUGMENT_MAGNITUDE = 10
-RANDAUGMENT_MAGNITUDE_BINS = 11  # magnitudes 0..10, so RANDAUGMENT_MAGNITUDE=10 is the strongest
+RANDAUGMENT_MAGNITUDE = 10  # on the 0..10 level scale, so the strongest
+RANDAUGMENT_MAGNITUDE_STD = 0.5  # level noise per application
 
 
 @dataclass(frozen=True)
@@ -74,20 +84,19 @@ class ContrastiveViewParams:
     jitter_prob: float
     grayscale_prob: float
     blur_prob: float  # 0 when the recipe has no blur
-    blur_kernel_size: int
-    blur_sigma: tuple[float, float]
+    blur_sigma: tuple[float, float]  # pixels, PIL GaussianBlur radius
 
 
 CONTRASTIVE_PARAMS = {
     "cifar": ContrastiveViewParams(
         size=CIFAR_SIZE, crop_scale=CIFAR_CONTRASTIVE_SCALE, crop_ratio=CROP_RATIO, flip_prob=FLIP_PROB,
         jitter=CONTRASTIVE_JITTER, jitter_prob=CONTRASTIVE_JITTER_PROB, grayscale_prob=GRAYSCALE_PROB,
-        blur_prob=BLUR_PROB, blur_kernel_size=BLUR_KERNEL_SIZE, blur_sigma=BLUR_SIGMA,
+        blur_prob=BLUR_PROB, blur_sigma=BLUR_SIGMA,
     ),
     "imagenet": ContrastiveViewParams(
         size=IMAGENET_SIZE, crop_scale=IMAGENET_CROP_SCALE, crop_ratio=CROP_RATIO, flip_prob=FLIP_PROB,
         jitter=CONTRASTIVE_JITTER, jitter_prob=CONTRASTIVE_JITTER_PROB, grayscale_prob=GRAYSCALE_PROB,
-        blur_prob=0.0, blur_kernel_size=BLUR_KERNEL_SIZE, blur_sigma=BLUR_SIGMA,
+        blur_prob=0.0, blur_sigma=BLUR_SIGMA,
     ),
 }
 
@@ -130,40 +139,53 @@ def _to_normalised_tensor(dataset: str, recipe: str) -> list:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
 
 
-def classification_view(recipe: str, dataset: str) -> v2.Compose:
+def mean_fill(mean: tuple[float, ...]) -> tuple[int, int, int]:
+    """Return the 0..255 RGB colour of a normalisation mean, rounded as the published RandAugment fill."""
+    return tuple(min(255, round(255 * m)) for m in mean)
+
+
+def randaugment(num_ops: int = RANDAUGMENT_NUM_OPS, magnitude: int = RANDAUGMENT_MAGNITUDE) -> RandAugment:
+    """Return the published RandAugment ``rand-n{num_ops}-m{magnitude}-mstd0.5``, filling with the ImageNet mean colour."""
+    return RandAugment(num_ops=num_ops, magnitude=magnitude, magnitude_std=RANDAUGMENT_MAGNITUDE_STD,
+                       fill=mean_fill(IMAGENET_MEAN))
+
+
+def classification_view(recipe: str, dataset: str, randaugment_ops: int = RANDAUGMENT_NUM_OPS,
+                        randaugment_magnitude: int = RANDAUGMENT_MAGNITUDE) -> v2.Compose:
     """Return the view-0 transform (PIL RGB -> float32 normalised (3, H, W)) of ``recipe``.
 
-    cifar: pad-4 random 32x32 crop, horizontal flip, AutoAugment CIFAR-10 policy.
-    imagenet: RandomResizedCrop 224, flip, ColorJitter(0.4, 0.4, 0.4, 0), RandAugment n=2 m=10.
+    cifar: pad-4 random 32x32 crop, horizontal flip, the published AutoAugment CIFAR-10 policy.
+    imagenet: RandomResizedCrop 224, flip, ColorJitter(0.4, 0.4, 0.4, 0), RandAugment
+    rand-n{randaugment_ops}-m{randaugment_magnitude}-mstd0.5 (the published n=2, m=10 by default).
     """
     resolved = resolve_recipe(recipe, dataset)
     if resolved == "cifar":
         steps = [
             v2.RandomCrop(CIFAR_SIZE, padding=CIFAR_PAD),
             v2.RandomHorizontalFlip(p=FLIP_PROB),
-            v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+            CifarAutoAugment(),
         ]
     else:
         steps = [
             v2.RandomResizedCrop(IMAGENET_SIZE, scale=IMAGENET_CROP_SCALE, ratio=CROP_RATIO),
             v2.RandomHorizontalFlip(p=FLIP_PROB),
             v2.ColorJitter(*IMAGENET_VIEW0_JITTER),
-            v2.RandAugment(
-                num_ops=RANDAUGMENT_NUM_OPS, magnitude=RANDAUGMENT_MAGNITUDE,
-                num_magnitude_bins=RANDAUGMENT_MAGNITUDE_BINS,
-            ),
+            randaugment(randaugment_ops, randaugment_magnitude),
         ]
     return v2.Compose(steps + _to_normalised_tensor(dataset, resolved))
 
 
-def contrastive_view(recipe: str, dataset: str) -> v2.Compose:
+def contrastive_view(recipe: str, dataset: str, randstack: bool = False) -> v2.Compose:
     """Return the contrastive-view transform (PIL RGB -> float32 normalised (3, H, W)) of ``recipe``.
 
     cifar: RandomResizedCrop(32, scale 0.2–1), flip, ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8,
-    grayscale p=0.2, GaussianBlur(3, sigma 0.1–2) p=0.5. imagenet: the same without blur, at
-    224 pixels with scale 0.08–1.
+    grayscale p=0.2, PIL GaussianBlur(sigma 0.1–2) p=0.5. imagenet: the same without blur, at
+    224 pixels with scale 0.08–1; ``randstack`` appends the published RandAugment (imagenet only).
     """
     resolved = resolve_recipe(recipe, dataset)
+    if randstack and resolved != "imagenet":
+        raise ValueError(f"the randstack contrastive view is published for the imagenet recipe only, "
+                         f"and the recipe is {resolved!r}; use contrastive_views='sim-sim'")
     params = CONTRASTIVE_PARAMS[resolved]
     steps = [
         v2.RandomResizedCrop(params.size, scale=params.crop_scale, ratio=params.crop_ratio),
@@ -172,9 +194,20 @@ def contrastive_view(recipe: str, dataset: str) -> v2.Compose:
         v2.RandomGrayscale(p=params.grayscale_prob),
     ]
     if params.blur_prob > 0:
-        blur = v2.GaussianBlur(kernel_size=params.blur_kernel_size, sigma=params.blur_sigma)
-        steps.append(v2.RandomApply([blur], p=params.blur_prob))
+        steps.append(v2.RandomApply([PILGaussianBlur(params.blur_sigma)], p=params.blur_prob))
+    if randstack:
+        steps.append(randaugment())
     return v2.Compose(steps + _to_normalised_tensor(dataset, resolved))
+
+
+def contrastive_view_pair(recipe: str, dataset: str, variant: str = "sim-sim") -> tuple[v2.Compose, v2.Compose]:
+    """Return the transforms of contrastive views 1 and 2 for ``variant`` (one of ``CONTRASTIVE_VARIANTS``)."""
+    if variant not in CONTRASTIVE_VARIANTS:
+        raise ValueError(f"contrastive view variant {variant!r} is not accepted; "
+                         f"choose one of: {', '.join(CONTRASTIVE_VARIANTS)}")
+    first = contrastive_view(recipe, dataset, randstack=variant in ("sim-rand", "randstack"))
+    second = contrastive_view(recipe, dataset, randstack=variant == "randstack")
+    return first, second
 
 
 def test_view(recipe: str, dataset: str) -> v2.Compose:
@@ -194,7 +227,8 @@ __all__ = [
     "RECIPES", "CIFAR_MEAN", "CIFAR_STD", "IMAGENET_MEAN", "IMAGENET_STD", "INAT_MEAN", "INAT_STD",
     "CIFAR_SIZE", "CIFAR_PAD", "IMAGENET_SIZE", "IMAGENET_RESIZE", "CIFAR_CONTRASTIVE_SCALE", "IMAGENET_CROP_SCALE",
     "CROP_RATIO", "FLIP_PROB", "CONTRASTIVE_JITTER", "CONTRASTIVE_JITTER_PROB", "GRAYSCALE_PROB", "BLUR_PROB",
-    "BLUR_KERNEL_SIZE", "BLUR_SIGMA", "IMAGENET_VIEW0_JITTER", "RANDAUGMENT_NUM_OPS", "RANDAUGMENT_MAGNITUDE",
-    "RANDAUGMENT_MAGNITUDE_BINS", "ContrastiveViewParams", "CONTRASTIVE_PARAMS", "resolve_recipe", "normalization",
-    "classification_view", "contrastive_view", "test_view",
+    "BLUR_SIGMA", "IMAGENET_VIEW0_JITTER", "RANDAUGMENT_NUM_OPS", "RANDAUGMENT_MAGNITUDE",
+    "RANDAUGMENT_MAGNITUDE_STD", "ContrastiveViewParams", "CONTRASTIVE_PARAMS", "CONTRASTIVE_VARIANTS", "resolve_recipe",
+    "normalization", "mean_fill", "randaugment", "classification_view", "contrastive_view", "contrastive_view_pair",
+    "test_view",
 ]
