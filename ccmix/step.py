@@ -85,8 +85,8 @@ def learning_rate(epoch: int, config: TrainConfig) -> float:
     if epoch < config.warmup_epochs:
         return config.lr * (epoch + 1) / config.warmup_epochs
     if config.schedule == "cosine":
-        # the published form: (e - warmup + 1) / (E - warmup + 1), so epoch 0 already decays and the last does not reach 0
-        progress = (epoch - config.warmup_epochs + 1) / (config.epochs - config.warmup_epochs + 1)
+        span = max(1, config.epochs - config.warmup_epochs)
+        progress = (epoch - config.warmup_epochs) / span
         return 0.5 * config.lr * (1.0 + math.cos(math.pi * progress))
     decays = sum(1 for milestone in config.milestones if epoch >= milestone)
     return config.lr * config.lr_decay**decays
