@@ -40,7 +40,7 @@ from types import MappingProxyType
 
 DATASETS = ("cifar10", "cifar100", "folder", "imagenet_lt", "inat2018", "places_lt", "synthetic")
 METHODS = ("ce", "la", "cutmix", "bcl", "concutmix")
-ARCHS = ("resnet32", "resnet50", "resnext50")
+ARCHS = ("resnet32", "resnet50", "resnext50", "resnet152", "resnext101")
 CLASSIFIERS = ("linear", "cosine")
 FOREGROUND_SAMPLERS = ("balanced", "reverse", "uniform")
 BACKGROUND_SAMPLERS = ("uniform", "balanced", "reverse")  # uniform: the shuffled training set
@@ -340,6 +340,8 @@ class TrainConfig:
     num_workers: int = spec(2, RUNTIME, "DataLoader worker processes of the classic pipeline", minimum=0)
     # --- model ---
     arch: str = spec("resnet32", RECIPE, "encoder architecture", choices=ARCHS)
+    pretrained: str | None = spec(None, RECIPE, "local file of torchvision-format encoder weights to start from",
+                                  path=True, none_means="random initialisation; nothing is downloaded")
     feat_dim: int = spec(128, RECIPE, "width of the contrastive projection", minimum=1)
     classifier: str = spec("linear", RECIPE, "classifier head", choices=CLASSIFIERS)
     cosine_scale: float = spec(30.0, RECIPE, "logit scale of the cosine classifier", above=0)
@@ -745,6 +747,8 @@ def validate(config: TrainConfig) -> TrainConfig:
 
 
 def _validate_paths(config: TrainConfig) -> None:
+    if config.pretrained is not None and not os.path.isfile(config.pretrained):
+        raise ConfigError(field="pretrained", value=config.pretrained, detail="the file does not exist")
     if config.dataset == "folder":
         for split in ("train", "test"):
             path = os.path.join(config.data_root, split)

@@ -120,7 +120,7 @@ def test_channels_last_input_gives_the_same_outputs():
         assert torch.allclose(getattr(channels_last, name), expected, rtol=1e-4, atol=1e-5 * expected.abs().max()), name
 
 
-@pytest.mark.parametrize("arch", ["resnet50", "resnext50"])
+@pytest.mark.parametrize("arch", ["resnet50", "resnext50", "resnet152", "resnext101"])
 def test_imagenet_encoders_forward_shapes_at_tiny_input(arch):
     torch.manual_seed(0)
     model = build_model(arch, num_classes=5, feat_dim=32, classifier="cosine")
@@ -130,10 +130,58 @@ def test_imagenet_encoders_forward_shapes_at_tiny_input(arch):
         output = model(torch.randn(2, 3, 64, 64))
     for name, shape in expected_shapes(2, 5, 2048, 32).items():
         assert tuple(getattr(output, name).shape) == shape, name
+    # torchvision's published sizes without the 2048 x 1000 ImageNet classifier (ResNeXt-101 is the 32x8d)
+    sizes = {"resnet50": 25_557_032, "resnext50": 25_028_904, "resnet152": 60_192_808, "resnext101": 88_791_336}
+    assert sum(p.numel() for p in model.encoder.parameters()) == sizes[arch] - 2048 * 1000 - 1000
+
+
+def test_pretrained_torchvision_weights_load_from_a_local_file(tmp_path):
+    from torchvision import models as tv_models
+
+    torch.manual_seed(1)
+    network = tv_models.resnet50(weights=None)
+    path = tmp_path / "resnet50.pth"
+    torch.save(network.state_dict(), path)  # torchvision format, ImageNet classifier included
+    model = build_model("resnet50", num_classes=3, feat_dim=16, classifier="cosine", pretrained=str(path))
+    for key, value in network.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(model.encoder.state_dict()[key], value), key
+    torch.save({"state_dict": {f"module.{k}": v for k, v in network.state_dict().items()}}, path)
+    wrapped = build_model("resnet50", num_classes=3, feat_dim=16, classifier="cosine", pretrained=str(path))
+    assert torch.equal(wrapped.encoder.conv1.weight, network.conv1.weight)
+
+
+def test_pretrained_file_problems_are_one_sentence_naming_what_differs(tmp_path):
+    with pytest.raises(ValueError, match=r"^pretrained='.*missing\.pt' is not accepted; the file does not exist$"):
+        build_model("resnet32", num_classes=3, pretrained=str(tmp_path / "missing.pt"))
+    encoder_state = resnet32().state_dict()
+    partial = {k: v for k, v in encoder_state.items() if not k.startswith("layer3")}
+    partial["extra.weight"] = torch.zeros(1)
+    torch.save(partial, tmp_path / "partial.pt")
+    with pytest.raises(ValueError) as error:
+        build_model("resnet32", num_classes=3, pretrained=str(tmp_path / "partial.pt"))
+    message = str(error.value)
+    assert "encoder keys are missing (layer3." in message and "not in the encoder (extra.weight)" in message
+    assert "\n" not in message
+    reshaped = dict(encoder_state, **{"conv1.weight": torch.zeros(8, 3, 3, 3)})
+    torch.save(reshaped, tmp_path / "reshaped.pt")
+    with pytest.raises(ValueError, match=r"1 shapes differ \(conv1\.weight: file \(8, 3, 3, 3\), encoder \(16, 3, 3, 3\)\)"):
+        build_model("resnet32", num_classes=3, pretrained=str(tmp_path / "reshaped.pt"))
+    torch.save({"note": "not weights", "weights": encoder_state}, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match="does not hold a state dict of tensors"):
+        build_model("resnet32", num_classes=3, pretrained=str(tmp_path / "odd.pt"))
+
+
+def test_pretrained_files_are_read_with_weights_only(tmp_path):
+    import datetime
+
+    torch.save({"conv1.weight": datetime.date(2024, 1, 1)}, tmp_path / "pickle.pt")  # not a tensor-only file
+    with pytest.raises(ValueError, match="not a readable weights file"):
+        build_model("resnet32", num_classes=3, pretrained=str(tmp_path / "pickle.pt"))
 
 
 def test_unknown_names_fail_with_the_accepted_values():
-    with pytest.raises(ValueError, match=r"'resnet18'.*resnet32, resnet50, resnext50"):
+    with pytest.raises(ValueError, match=r"'resnet18'.*resnet32, resnet50, resnext50, resnet152, resnext101"):
         build_model("resnet18", num_classes=10)
     with pytest.raises(ValueError, match=r"'normed'.*linear, cosine"):
         build_model("resnet32", num_classes=10, classifier="normed")

@@ -21,11 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ccmix.config import CLASSIFIERS
-from ccmix.models.encoders import ENCODERS, build_encoder
-from ccmix.models.resnet_cifar import kaiming_init
+from ccmix.models.encoders import ENCODERS, build_encoder, load_pretrained
 
-# Hidden width of the projection and centre heads per encoder (DESIGN section 2).
-HEAD_HIDDEN = {"resnet32": 512, "resnet50": 2048, "resnext50": 2048}
+# Hidden width of the projection and centre heads per encoder (docs/method.md).
+HEAD_HIDDEN = {"resnet32": 512, "resnet50": 2048, "resnext50": 2048, "resnet152": 2048, "resnext101": 2048}
 
 
 @dataclass
@@ -121,18 +120,23 @@ def build_model(
     feat_dim: int = 128,
     classifier: str = "linear",
     cosine_scale: float = 30.0,
+    pretrained: str | None = None,
 ) -> BCLModel:
-    """Return a freshly initialised BCLModel for ``arch`` (resnet32, resnet50 or resnext50)."""
+    """Return a freshly initialised BCLModel for ``arch`` (one of ENCODERS).
+
+    Initialisation as published: the encoder's own (Kaiming-normal convolutions in
+    ResNet-32, torchvision's scheme in the ImageNet encoders); heads and classifier keep
+    PyTorch's default ``nn.Linear`` init. ``pretrained``: a local file of
+    torchvision-format encoder weights to start from (``encoders.load_pretrained``).
+    """
     if arch not in ENCODERS:
         raise ValueError(f"arch {arch!r} is not accepted; choose one of: {', '.join(ENCODERS)}")
     if classifier not in CLASSIFIERS:
         raise ValueError(f"classifier {classifier!r} is not accepted; choose one of: {', '.join(CLASSIFIERS)}")
     encoder, feature_dim = build_encoder(arch)
-    model = BCLModel(
+    if pretrained is not None:
+        load_pretrained(encoder, pretrained)
+    return BCLModel(
         encoder, feature_dim, num_classes, feat_dim=feat_dim, hidden_dim=HEAD_HIDDEN[arch],
         classifier=classifier, cosine_scale=cosine_scale,
     )
-    if arch == "resnet32":
-        # the CIFAR reference Kaiming-initialises every Linear and Conv2d, heads included
-        model.apply(kaiming_init)
-    return model
