@@ -145,3 +145,30 @@ def test_probability_tensor_as_foreground_and_errors():
         sample_epoch_indices(TARGETS, 10, 0, "balanced", epoch_generator(0, 0))
     with pytest.raises(ValueError, match="targets"):
         sample_epoch_indices([0, 1, 12], 10, 2, "balanced", epoch_generator(0, 0))
+
+
+@pytest.mark.parametrize("background", ["balanced", "reverse"])
+def test_background_ablation_samplers_draw_classes_like_the_published_ones(background):
+    # the published background ablation: a class uniformly (balance) or with probability ∝ 1/N_c (reverse),
+    # then one of its images uniformly
+    draws = []
+    for epoch in range(20):
+        bg, fg = sample_epoch_indices(TARGETS, 10, 100, "balanced", epoch_generator(321, epoch), background=background)
+        assert bg.shape == fg.shape == (12, 100)
+        draws.append(bg.flatten())
+    draws = torch.cat(draws)
+    weights = [1.0] * 10 if background == "balanced" else [1.0 / n for n in COUNTS]
+    expected = [draws.numel() * w / sum(weights) for w in weights]
+    assert chi_square(class_histogram(draws), expected) < critical_value(9)
+    # within a class the images are drawn uniformly: the head class's 500 images are all reachable
+    head = draws[torch.tensor(TARGETS)[draws] == 0]
+    assert head.unique().numel() > 0.4 * min(500, head.numel())
+
+
+def test_uniform_background_is_the_default_shuffle_and_names_are_checked():
+    default = sample_epoch_indices(TARGETS, 10, 64, "reverse", epoch_generator(5, 1))
+    explicit = sample_epoch_indices(TARGETS, 10, 64, "reverse", epoch_generator(5, 1), background="uniform")
+    assert all(torch.equal(a, b) for a, b in zip(default, explicit))
+    assert default[0].flatten().unique().numel() == default[0].numel()  # a permutation: no repeats
+    with pytest.raises(ValueError, match="background sampler 'balance' is not accepted; choose one of: uniform"):
+        sample_epoch_indices(TARGETS, 10, 64, "balanced", epoch_generator(5, 1), background="balance")

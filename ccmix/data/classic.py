@@ -18,7 +18,7 @@ import torch
 
 from ccmix.config import TrainConfig
 from ccmix.data.streams import epoch_generator, sample_epoch_indices
-from ccmix.data.views import classification_view, contrastive_view
+from ccmix.data.views import classification_view, contrastive_view_pair
 from ccmix.rng import mix_seed
 from ccmix.step import StepBatch
 
@@ -27,11 +27,11 @@ class PairViews(torch.utils.data.Dataset):
     """Wraps a training set: item ``(a, b)`` is the dict of views of background a and foreground b.
 
     The dict holds "view0" (3, H, W) float32 and "label" (int); "contrastive" (2, 3, H, W)
-    when a contrastive transform is given; "foreground" (3, H, W) and "foreground_label"
-    when ``b`` is not None. Each image is decoded once per item.
+    when the two contrastive transforms are given; "foreground" (3, H, W) and
+    "foreground_label" when ``b`` is not None. Each image is decoded once per item.
     """
 
-    def __init__(self, train, view0: Callable, contrastive: Callable | None):
+    def __init__(self, train, view0: Callable, contrastive: tuple[Callable, Callable] | None):
         self.train = train
         self.view0 = view0
         self.contrastive = contrastive
@@ -45,7 +45,8 @@ class PairViews(torch.utils.data.Dataset):
         background = self.train.load_image(a)
         item = {"view0": self.view0(background), "label": self.train.targets[a]}
         if self.contrastive is not None:
-            item["contrastive"] = torch.stack([self.contrastive(background), self.contrastive(background)])
+            first, second = self.contrastive
+            item["contrastive"] = torch.stack([first(background), second(background)])
         if b is not None:
             item["foreground"] = self.view0(self.train.load_image(b))
             item["foreground_label"] = self.train.targets[b]
@@ -86,8 +87,11 @@ class ClassicTrainPipeline:
         self.config = config
         self.device = torch.device(device)
         recipe = config.resolved_view_recipe
-        self.view0 = classification_view(recipe, config.dataset)
-        self.contrastive = contrastive_view(recipe, config.dataset) if config.uses_contrastive else None
+        self.view0 = classification_view(recipe, config.dataset, randaugment_ops=config.randaugment_ops,
+                                         randaugment_magnitude=config.randaugment_magnitude)
+        self.contrastive = (
+            contrastive_view_pair(recipe, config.dataset, config.contrastive_views) if config.uses_contrastive else None
+        )
         self.need_foreground = config.uses_cutmix
         self.items = PairViews(train, self.view0, self.contrastive)
         self.steps_per_epoch: int = steps_for(len(train), config.batch_size, config.max_steps_per_epoch)
@@ -99,7 +103,7 @@ class ClassicTrainPipeline:
         generator = epoch_generator(self.config.seed, epoch)
         background, foreground = sample_epoch_indices(
             self.train.targets, self.train.num_classes, self.config.batch_size, self.config.foreground_sampler,
-            generator, need_foreground=self.need_foreground,
+            generator, need_foreground=self.need_foreground, background=self.config.background_sampler,
         )
         augment_seed = mix_seed(int(torch.randint(0, 2**62, (1,), generator=generator)), rank)
         background = background[: self.steps_per_epoch, rank::world_size].tolist()

@@ -136,7 +136,7 @@ class FastTrainPipeline:
         background, foreground = sample_epoch_indices(
             self.targets, self.num_classes, self.config.batch_size,
             self.foreground_probabilities if self.need_foreground else "balanced", generator,
-            need_foreground=self.need_foreground,
+            need_foreground=self.need_foreground, background=self.config.background_sampler,
         )
         # same derivation as the classic pipeline: one draw after the indices, mixed with the rank
         augment_generator = torch.Generator().manual_seed(

@@ -5,7 +5,8 @@ Pan et al., "Enhanced Long-Tailed Recognition with Contrastive CutMix Augmentati
 foreground image B drawn class-balanced (a class uniformly, then an image of it); the
 CutMix box of B is pasted into A (Yun et al., "CutMix", ICCV 2019). ``reverse``
 (class probability ∝ 1/N_c) and ``uniform`` (∝ N_c, i.e. instance-uniform) are the
-alternative foreground samplers.
+alternative foreground samplers; ``balanced`` and ``reverse`` backgrounds are the
+published code's background-stream ablation.
 
 Sampling is vectorised with torch and draws only from the generator it is given, so an
 epoch's indices are a pure function of ``epoch_generator(seed, epoch)``.
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ccmix.config import FOREGROUND_SAMPLERS
+from ccmix.config import BACKGROUND_SAMPLERS, FOREGROUND_SAMPLERS
 from ccmix.rng import mix_seed, torch_generator
 
 
@@ -54,6 +55,22 @@ def _as_targets(targets: Sequence[int] | torch.Tensor) -> torch.Tensor:
     return labels
 
 
+def _draw_by_class(labels: torch.Tensor, counts: torch.Tensor, probabilities: torch.Tensor, count: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Return ``count`` dataset indices: per item a class drawn with ``probabilities`` (C,), then one of its images.
+
+    Draw order on ``generator``: the classes, then the within-class positions.
+    """
+    classes = torch.multinomial(probabilities, count, replacement=True, generator=generator)
+    # Images sorted by class: class c occupies positions offsets[c] .. offsets[c] + counts[c] - 1.
+    by_class = torch.argsort(labels, stable=True)
+    offsets = torch.cumsum(counts, 0) - counts
+    class_sizes = counts[classes]
+    uniform = torch.rand(count, generator=generator, dtype=torch.float64)
+    position = torch.minimum((uniform * class_sizes).long(), class_sizes - 1)
+    return by_class[offsets[classes] + position]
+
+
 def sample_epoch_indices(
     targets: Sequence[int] | torch.Tensor,
     num_classes: int,
@@ -61,29 +78,41 @@ def sample_epoch_indices(
     foreground: str | torch.Tensor,
     generator: torch.Generator,
     need_foreground: bool = True,
+    background: str = "uniform",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Return one epoch's (background, foreground) dataset indices, int64 (steps, batch_size) each.
 
-    background: a fresh permutation of the N training images cut into ``steps = N //
-    batch_size`` full batches (one batch of all N images when N < batch_size).
+    background: with the ``uniform`` sampler a fresh permutation of the N training images
+    cut into ``steps = N // batch_size`` full batches (one batch of all N images when N <
+    batch_size); with ``balanced`` or ``reverse`` (the published background ablation) as
+    many items, each a class drawn with that sampler's probabilities
+    (``foreground_class_probabilities``), then one of its images uniformly.
     foreground: per item independently, a class drawn with the probabilities of the
     sampler ``foreground`` (a name, or a (C,) probability tensor), then one image of that
     class uniformly; None when ``need_foreground`` is False (and nothing is drawn for it).
-    Draw order on ``generator``: permutation, foreground classes, within-class positions.
+    Draw order on ``generator``: background, foreground classes, within-class positions.
     """
     labels = _as_targets(targets)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} is not accepted; it must be an integer >= 1")
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"targets must lie in 0..{num_classes - 1} (num_classes={num_classes})")
+    if background not in BACKGROUND_SAMPLERS:
+        raise ValueError(f"background sampler {background!r} is not accepted; "
+                         f"choose one of: {', '.join(BACKGROUND_SAMPLERS)}")
     total = labels.numel()
     width = min(batch_size, total)
     steps = total // width
-    background = torch.randperm(total, generator=generator)[: steps * width].reshape(steps, width)
-    if not need_foreground:
-        return background, None
-
     counts = torch.bincount(labels, minlength=num_classes)
+    if background == "uniform":
+        background_indices = torch.randperm(total, generator=generator)[: steps * width]
+    else:
+        background_probabilities = foreground_class_probabilities(counts, background)
+        background_indices = _draw_by_class(labels, counts, background_probabilities, steps * width, generator)
+    background_indices = background_indices.reshape(steps, width)
+    if not need_foreground:
+        return background_indices, None
+
     if isinstance(foreground, str):
         probabilities = foreground_class_probabilities(counts, foreground)
     else:
@@ -92,16 +121,9 @@ def sample_epoch_indices(
             raise ValueError(f"foreground probabilities must be {num_classes} non-negative numbers with a positive sum")
         if (probabilities[counts == 0] > 0).any():
             raise ValueError("foreground probabilities give weight to a class that has no training image")
-    classes = torch.multinomial(probabilities, steps * width, replacement=True, generator=generator)
-    # Images sorted by class: class c occupies positions offsets[c] .. offsets[c] + counts[c] - 1.
-    by_class = torch.argsort(labels, stable=True)
-    offsets = torch.cumsum(counts, 0) - counts
-    class_sizes = counts[classes]
-    uniform = torch.rand(steps * width, generator=generator, dtype=torch.float64)
-    position = torch.minimum((uniform * class_sizes).long(), class_sizes - 1)
-    foreground_indices = by_class[offsets[classes] + position].reshape(steps, width)
-    return background, foreground_indices
+    foreground_indices = _draw_by_class(labels, counts, probabilities, steps * width, generator)
+    return background_indices, foreground_indices.reshape(steps, width)
 
 
-__all__ = ["FOREGROUND_SAMPLERS", "foreground_class_probabilities", "epoch_generator", "mix_seed",
+__all__ = ["BACKGROUND_SAMPLERS", "FOREGROUND_SAMPLERS", "foreground_class_probabilities", "epoch_generator", "mix_seed",
            "sample_epoch_indices"]
