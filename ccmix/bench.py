@@ -207,7 +207,7 @@ def _time_training(pipeline, config: TrainConfig, device: torch.device, class_co
             _synchronize(device)
             started = time.perf_counter()
         batch = next(iterator)
-        train_step(model, optimizer, batch, config, config.l_d_warm, counts, cutmix_rng, context)
+        train_step(model, optimizer, batch, config, config.l_d_warm + 1, counts, cutmix_rng, context)
         if step >= warmup:
             samples += batch.size
     _synchronize(device)

@@ -232,7 +232,7 @@ def _load_datasets(config: TrainConfig, context: DistContext):
 
 def _build_model(config: TrainConfig, num_classes: int, context: DistContext) -> tuple[torch.nn.Module, bool]:
     """Return (the model on the device, whether its BatchNorm is synchronised over processes)."""
-    model = build_run_model(config, num_classes).to(context.device)
+    model = build_run_model(config, num_classes, with_pretrained=True).to(context.device)
     if context.device.type == "cuda" and config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return synchronise_batchnorm(model, config, context)

@@ -100,13 +100,17 @@ def model_description(config: TrainConfig, num_classes: int) -> str:
     return ckpt.describe_model(config.to_dict(), num_classes)
 
 
-def build_run_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
-    """Return the model of ``config`` for ``num_classes`` classes, freshly initialised from ``config.seed``."""
+def build_run_model(config: TrainConfig, num_classes: int, with_pretrained: bool = False) -> torch.nn.Module:
+    """Return the model of ``config`` for ``num_classes`` classes, freshly initialised from ``config.seed``.
+
+    ``with_pretrained``: start the encoder from ``config.pretrained`` (a training run's start;
+    a model about to receive a checkpoint's weights does not need the file).
+    """
     from ccmix.models import build_model  # the encoders load torchvision: only when a model is built
 
     torch.manual_seed(config.seed)
     return build_model(config.arch, num_classes, feat_dim=config.feat_dim, classifier=config.classifier,
-                       cosine_scale=config.cosine_scale)
+                       cosine_scale=config.cosine_scale, pretrained=config.pretrained if with_pretrained else None)
 
 
 def load_model(checkpoint_path: str | os.PathLike, device: str | torch.device = "cpu"):

@@ -358,9 +358,10 @@ def resolve_train_parameters(
         notes.append(
             f"{base} changed ({differences}): its published top-1 {PUBLISHED_TOP1[base]:.2f} does not apply directly"
         )
-    if config.method == "concutmix" and config.epochs <= config.l_d_warm:
+    if config.method == "concutmix" and config.epochs <= config.l_d_warm + 1:
         notes.append(
-            f"epochs={config.epochs} <= l_d_warm={config.l_d_warm}: semantic labels never start, every mixed "
+            f"epochs={config.epochs} <= l_d_warm + 1={config.l_d_warm + 1}: semantic labels never start (they start "
+            "after epoch l_d_warm, 0-based), every mixed "
             "image keeps its area label"
         )
     late = [m for m in config.milestones if m > config.epochs]

@@ -3,7 +3,7 @@
 The loss is that of Pan et al., "Enhanced Long-Tailed Recognition with Contrastive
 CutMix Augmentation" (IEEE TIP 2024): logit-adjusted cross-entropy (Menon et al., ICLR
 2021) on the view 0 of the background, CutMix-pasted (Yun et al., ICCV 2019) with a
-class-balanced foreground and labelled by area, from ``l_d_warm`` on by the semantic
+class-balanced foreground and labelled by area, after epoch ``l_d_warm`` by the semantic
 label; plus the balanced contrastive loss (Zhu et al., CVPR 2022) over two more views.
 See ``docs/method.md``.
 
@@ -85,8 +85,8 @@ def learning_rate(epoch: int, config: TrainConfig) -> float:
     if epoch < config.warmup_epochs:
         return config.lr * (epoch + 1) / config.warmup_epochs
     if config.schedule == "cosine":
-        span = max(1, config.epochs - config.warmup_epochs)
-        progress = (epoch - config.warmup_epochs) / span
+        # the published form: (e - warmup + 1) / (E - warmup + 1), so epoch 0 already decays and the last does not reach 0
+        progress = (epoch - config.warmup_epochs + 1) / (config.epochs - config.warmup_epochs + 1)
         return 0.5 * config.lr * (1.0 + math.cos(math.pi * progress))
     decays = sum(1 for milestone in config.milestones if epoch >= milestone)
     return config.lr * config.lr_decay**decays
@@ -196,7 +196,8 @@ def compute_step_loss(
         loss_bcl = losses.balanced_contrastive_loss(
             all_embedding, output.centers.float(), all_labels, temperature=config.temperature
         )
-        if boxes is not None and config.method == "concutmix" and epoch >= config.l_d_warm:
+        # published: `epoch > l_d_warm` on 0-based epochs, so area labels through epoch l_d_warm itself
+        if boxes is not None and config.method == "concutmix" and epoch > config.l_d_warm:
             target = losses.semantic_label(
                 output.embedding_raw[:size].float(), output.centers_raw.float(), target, class_counts,
                 topk=config.topk, omega=config.omega,
