@@ -27,9 +27,11 @@ endif
 	touch $(STAMP)
 
 # The main job: the training notebook with its default preset, executed headless into papermill_runs/.
+# --log-output shows the run header, the time estimate and one line per epoch as they are printed.
 train: setup
 	mkdir -p papermill_runs
-	$(PY) -m papermill --kernel python3 notebooks/train.ipynb papermill_runs/train-$$(date +%Y%m%d-%H%M%S).ipynb $(PAPERMILL_ARGS)
+	$(PY) -m papermill --kernel python3 --log-output --no-progress-bar notebooks/train.ipynb \
+		papermill_runs/train-$$(date +%Y%m%d-%H%M%S).ipynb $(PAPERMILL_ARGS)
 
 test: setup lint
 	$(PY) -m pytest

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -48,6 +49,7 @@ from ccmix.evaluation import (
     model_description,
     predict,
 )
+from ccmix.report import start_run_report
 from ccmix.rng import restore_rng_state, rng_state, seed_everything
 from ccmix.run_folder import Resumed, RunFolder, load_run_config, shot_record
 from ccmix.step import (
@@ -71,8 +73,12 @@ from ccmix.step import (
 
 
 def train_one_epoch(model, pipeline, optimizer, config: TrainConfig, epoch: int, class_counts: torch.Tensor,
-                    device: torch.device, context: DistContext | None = None, progress: bool = True) -> dict:
-    """Train one epoch (0-based) and return its mean losses, train top-1 (%) and samples/s."""
+                    device: torch.device, context: DistContext | None = None, progress: bool = True,
+                    on_step: Callable[[], None] | None = None) -> dict:
+    """Train one epoch (0-based) and return its mean losses, train top-1 (%) and samples/s.
+
+    ``on_step`` is called after each step (``ccmix.report.RunReporter.step_done`` times the first ones).
+    """
     context = context or DistContext()
     model.train()
     lr = learning_rate(epoch, config)
@@ -91,6 +97,8 @@ def train_one_epoch(model, pipeline, optimizer, config: TrainConfig, epoch: int,
         check_finite_loss(sums, epoch, step, context)
         totals += sums
         bar.update(1)
+        if on_step is not None:
+            on_step()
         if not bar.disable:
             count = totals[COUNT].clamp_min(1)
             bar.set_postfix(loss=f"{float(totals[LOSS] / count):.3f}", acc=f"{float(100 * totals[CORRECT] / count):.1f}")
@@ -157,6 +165,12 @@ def fit(config: TrainConfig, out_dir: str | os.PathLike, preset: str | None = No
         test_loader = build_test_loader(test, config, device, context)
         _describe_run(folder, config, preset_name_for(config, preset), train, test, context)
         folder.write_metrics(progress.history)
+        # header, estimate and epoch lines on stdout: readable under papermill's --log-output and in logs
+        report = start_run_report(
+            config=config, device=device, preset=preset, train_images=len(train), test_images=len(test),
+            steps_per_epoch=pipeline.steps_per_epoch, start_epoch=progress.epoch, world_size=context.world_size,
+            out_dir=str(folder.path), write=tqdm.write,
+        ) if config.progress and context.is_main else None
         if resumed is not None:
             restore_rng_state(resumed.rng)  # the generators stand exactly where the saved run's stood
 
@@ -169,11 +183,14 @@ def fit(config: TrainConfig, out_dir: str | os.PathLike, preset: str | None = No
             for epoch in bar:
                 started = time.perf_counter()
                 record = train_one_epoch(training_model, pipeline, optimizer, config, epoch, class_counts, device,
-                                         context, progress=config.progress)
+                                         context, progress=config.progress,
+                                         on_step=report.step_done if report is not None else None)
                 _check_finite_state(model, epoch, pipeline.steps_per_epoch)  # never checkpoint broken weights
                 evaluated = epoch + 1 == config.epochs or (epoch + 1) % config.eval_interval == 0
                 metrics = evaluate_model() if evaluated else None
                 improved = _record_epoch(progress, record, metrics, epoch, time.perf_counter() - started)
+                if report is not None:
+                    report.epoch_done(progress.history[-1])
                 payload = _checkpoint_payload(config, model, optimizer, progress, num_classes, train, context)
                 folder.save_epoch(payload, progress.history, improved,
                                   folder.summary("running", progress.epoch, progress.best, progress.train_seconds))
