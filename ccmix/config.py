@@ -40,7 +40,7 @@ from types import MappingProxyType
 
 DATASETS = ("cifar10", "cifar100", "folder", "imagenet_lt", "inat2018", "places_lt", "synthetic")
 METHODS = ("ce", "la", "cutmix", "bcl", "concutmix")
-ARCHS = ("resnet32", "resnet50", "resnext50", "resnet152", "resnext101")
+ARCHS = ("resnet32", "resnet50", "resnext50", "resnet152", "resnext101", "tiny")  # tiny: fast tests, not results
 CLASSIFIERS = ("linear", "cosine")
 FOREGROUND_SAMPLERS = ("balanced", "reverse", "uniform")
 BACKGROUND_SAMPLERS = ("uniform", "balanced", "reverse")  # uniform: the shuffled training set

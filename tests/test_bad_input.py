@@ -137,7 +137,7 @@ REJECTIONS = [
     Rejection(CONFIG, "method='mixup'", lambda: check(synthetic(method="mixup")),
               "method='mixup' is not accepted; method must be one of: ce, la, cutmix, bcl, concutmix"),
     Rejection(CONFIG, "arch='vit'", lambda: check(synthetic(arch="vit")),
-              "arch='vit' is not accepted; arch must be one of: resnet32, resnet50, resnext50"),
+              "arch='vit' is not accepted; arch must be one of: resnet32, resnet50, resnext50, resnet152, resnext101, tiny"),
     Rejection(CONFIG, "epochs=0", lambda: check(synthetic(epochs=0)),
               "epochs=0 is not accepted; epochs must be an integer >= 1"),
     Rejection(CONFIG, "epochs='5' (text given to TrainConfig)", lambda: check(synthetic(epochs="5")),

@@ -234,3 +234,15 @@ def test_resnet32_overfits_a_tiny_set_with_la_ce():
     losses, accuracy = overfit(build_model("resnet32", num_classes=4), steps=60, lr=0.05)
     assert losses[-1] < losses[0] / 20
     assert accuracy >= 0.9
+
+
+def test_tiny_test_arch_builds_a_small_model_that_learns():
+    torch.manual_seed(0)
+    model = build_model("tiny", num_classes=4, feat_dim=16)
+    assert sum(p.numel() for p in model.encoder.parameters()) < 2_000  # far below ResNet-32's ~460k
+    with torch.no_grad():
+        output = model.eval()(torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last))
+    for name, shape in expected_shapes(2, 4, 16, 16).items():
+        assert tuple(getattr(output, name).shape) == shape, name
+    losses, _ = overfit(build_model("tiny", num_classes=4), steps=60, lr=0.05)
+    assert losses[-1] < losses[0] / 2

@@ -24,7 +24,7 @@ from ccmix.config import CLASSIFIERS
 from ccmix.models.encoders import ENCODERS, build_encoder, load_pretrained
 
 # Hidden width of the projection and centre heads per encoder (docs/method.md).
-HEAD_HIDDEN = {"resnet32": 512, "resnet50": 2048, "resnext50": 2048, "resnet152": 2048, "resnext101": 2048}
+HEAD_HIDDEN = {"resnet32": 512, "resnet50": 2048, "resnext50": 2048, "resnet152": 2048, "resnext101": 2048, "tiny": 32}
 
 
 @dataclass

@@ -19,6 +19,7 @@ from torchvision import models as tv_models
 
 from ccmix.config import ARCHS
 from ccmix.models.resnet_cifar import resnet32
+from ccmix.models.tiny import tiny
 
 ENCODERS = ARCHS  # the encoders build exactly the architectures a config accepts
 _TORCHVISION = {
@@ -41,6 +42,9 @@ def build_encoder(arch: str) -> tuple[nn.Module, int]:
         return encoder, encoder.feature_dim
     if arch in _TORCHVISION:
         return _torchvision_encoder(_TORCHVISION[arch])
+    if arch == "tiny":  # fast tests and smoke runs only
+        encoder = tiny()
+        return encoder, encoder.feature_dim
     raise ValueError(f"arch {arch!r} is not accepted; choose one of: {', '.join(ENCODERS)}")
 
 
