@@ -1,4 +1,5 @@
 # Two commands on a fresh machine: `make train` (the main job) and `make test`.
+# `make test-fast` is the quick tier for the edit-test loop (under a minute on 2 cores).
 # An active virtualenv or conda environment is used as it is; otherwise .venv is created with pip.
 SHELL := /bin/bash
 ACTIVE_ENV := $(or $(VIRTUAL_ENV),$(CONDA_PREFIX))
@@ -14,7 +15,7 @@ PYTHON_FOR_VENV ?= python3
 PRESET ?=
 PAPERMILL_ARGS ?=
 
-.PHONY: setup train test lab lint clean-runs
+.PHONY: setup train test test-fast lab lint clean-runs
 
 setup: $(STAMP)
 
@@ -35,6 +36,12 @@ train: setup
 
 test: setup lint
 	$(PY) -m pytest
+
+# Everything except the integration (subprocesses, Jupyter kernels, torchrun, ResNet-32 training),
+# slow, gpu and browser tests. pytest keeps the last -m it is given, so this replaces the default filter.
+FAST_MARKERS := not integration and not slow and not gpu and not browser
+test-fast: setup
+	$(PY) -m pytest -m "$(FAST_MARKERS)"
 
 lint: setup
 	$(PY) -m ruff check ccmix tests benchmarks notebooks

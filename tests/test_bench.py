@@ -6,6 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.integration  # runs the bench in a subprocess
+
 
 def test_quick_bench_prints_one_json_line_with_every_figure():
     result = subprocess.run([sys.executable, "-m", "ccmix", "bench", "--quick", "--device", "cpu"],

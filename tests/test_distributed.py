@@ -187,6 +187,7 @@ def max_state_difference(a: dict, b: dict) -> float:
 # --------------------------------------------------------------------------- one step, one vs two processes
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("method", METHODS)
 def test_two_processes_take_the_same_step_as_one(method, two_process_results, one_thread):
     single = train_one_step(step_config(method), DistContext())
@@ -208,6 +209,7 @@ def test_two_processes_take_the_same_step_as_one(method, two_process_results, on
     assert max_state_difference(two_process_results[0][method]["state"], two_process_results[1][method]["state"]) == 0
 
 
+@pytest.mark.integration
 def test_the_comparison_exercises_mixing_and_separates_per_rank_batchnorm(two_process_results, one_thread):
     from ccmix.cutmix import kept_fraction
 
@@ -221,6 +223,7 @@ def test_the_comparison_exercises_mixing_and_separates_per_rank_batchnorm(two_pr
     assert max_state_difference(per_rank["state"], single["state"]) > 100 * PARAMETER_TOLERANCE
 
 
+@pytest.mark.integration
 def test_global_batchnorm_matches_batchnorm_over_the_whole_batch(two_process_results):
     generator = torch.Generator().manual_seed(5)
     full = (torch.randn(8, 3, 4, 4, generator=generator) * 3 + 1).requires_grad_(True)
@@ -312,6 +315,7 @@ def test_torchrun_command_round_trips_overrides(tmp_path):
         torchrun_command(None, {}, tmp_path, nproc_per_node=2, nnodes=2)
 
 
+@pytest.mark.integration
 def test_follow_run_yields_each_epoch_once_and_reports_a_failed_run(tmp_path):
     from ccmix.launch import follow_run
 
@@ -351,6 +355,7 @@ def two_process_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.integration
 def test_torchrun_two_processes_write_a_complete_run_folder(two_process_run):
     from ccmix.data import build_datasets
 
@@ -392,6 +397,7 @@ def check_resumed_under_one_process(out: Path, done: int) -> None:
     assert max_state_difference(resumed["model"], stopped["model"]) > 0
 
 
+@pytest.mark.integration
 def test_a_two_process_run_continues_under_one_process(two_process_run, tmp_path, one_thread):
     out = tmp_path / "run"
     shutil.copytree(two_process_run, out)

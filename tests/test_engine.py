@@ -24,7 +24,7 @@ def tiny_config(**changes) -> TrainConfig:
     """Return a synthetic config small enough for a CPU test (a few seconds an epoch)."""
     base = TrainConfig(dataset="synthetic", synthetic_classes=5, imb=10, epochs=2, batch_size=32, num_workers=0,
                        topk=3, warmup_epochs=1, milestones=(), lr=0.05, l_d_warm=1, progress=False,
-                       max_steps_per_epoch=3, seed=1)
+                       max_steps_per_epoch=3, seed=1, arch="tiny")
     return base.replace(**changes)
 
 
@@ -63,6 +63,7 @@ def test_every_method_trains_two_epochs_and_writes_a_complete_run_folder(method,
     assert payload["epoch"] == 2
 
 
+@pytest.mark.integration
 def test_eval_command_reproduces_the_final_top1(tmp_path):
     summary = fit(tiny_config(method="concutmix"), tmp_path)
     result = subprocess.run([sys.executable, "-m", "ccmix", "eval", "--checkpoint", str(tmp_path / "last.pt")],
@@ -123,7 +124,7 @@ def test_semantic_labels_start_after_epoch_l_d_warm(monkeypatch):
 
     monkeypatch.setattr(losses, "semantic_label", recording)
     config = tiny_config(method="concutmix", synthetic_classes=4, l_d_warm=3, cutmix_prob=1.0, topk=2)
-    model = build_model("resnet32", 4)
+    model = build_model("tiny", 4)
     counts = torch.tensor([40.0, 20.0, 10.0, 4.0])
     boxes = draw_cutmix_boxes(config, np.random.default_rng(0), 8, 32, 32, DistContext())
     assert boxes is not None
@@ -153,11 +154,12 @@ def test_per_sample_cutmix_leaves_unmixed_images_whole():
     assert 0.47 < whole < 0.56  # half unmixed, plus the few mixed boxes clipped to nothing
 
 
+@pytest.mark.integration
 def test_two_epoch_concutmix_command_line_run(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "ccmix", "train", "--preset", "cifar10_imb100", "--set", "dataset=synthetic",
                "--set", "epochs=2", "--set", "batch_size=32", "--set", "num_workers=0", "--set", "l_d_warm=1",
-               "--set", "max_steps_per_epoch=2", "--set", "progress=false", "--out", str(out)]
+               "--set", "max_steps_per_epoch=2", "--set", "progress=false", "--set", "arch=tiny", "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())

@@ -86,6 +86,7 @@ def test_notebook_is_committed_clean_with_its_parameters_cell(notebook):
     assert f'check_notebook_parameters(globals(), notebook="{notebook}")' in second.source
 
 
+@pytest.mark.integration
 def test_notebooks_pass_ruff():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "notebooks"], cwd=REPO, capture_output=True,
                             text=True)
@@ -117,6 +118,7 @@ def second_seed(trained, tmp_path_factory):
     return out
 
 
+@pytest.mark.integration
 def test_train_notebook_trains_and_writes_its_files(trained):
     nb, run, figures = trained["nb"], trained["run"], trained["figures"]
     assert error_outputs(nb) == []
@@ -134,6 +136,7 @@ def test_train_notebook_trains_and_writes_its_files(trained):
     assert "no published preset for synthetic at imb 100; starting from cifar10_imb100" in text
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("parameters, ename, sentence", [
     ({"epoch": 5}, "ConfigError",
      "parameter 'epoch' is not a parameter of the train notebook (did you mean epochs?); accepted: preset, "),
@@ -157,6 +160,7 @@ def test_bad_train_parameters_stop_in_the_second_cell(tmp_path, parameters, enam
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.integration
 def test_explorer_notebook_with_the_trained_checkpoint(trained, tmp_path):
     checkpoint = trained["run"] / "last.pt"
     nb = execute("explore_cutmix.ipynb", tmp_path / "explore.ipynb",
@@ -174,6 +178,7 @@ def test_explorer_notebook_with_the_trained_checkpoint(trained, tmp_path):
     assert widget_views  # the explorer's widget tree was displayed
 
 
+@pytest.mark.integration
 def test_analyze_notebook_on_two_runs(trained, second_seed, tmp_path):
     import shutil
 
@@ -199,6 +204,7 @@ def test_analyze_notebook_on_two_runs(trained, second_seed, tmp_path):
     assert expected in text_of(nb)  # the two seeds of one setting, as mean ± std
 
 
+@pytest.mark.integration
 def test_sweep_notebook_skips_completed_runs_and_tabulates(tmp_path):
     runs = tmp_path / "runs"
     base = {"dataset": "synthetic"}

@@ -255,6 +255,7 @@ def test_save_figure_png_and_svg_atomically(tmp_path):
         viz.save_figure(fig, tmp_path, "../escape")
 
 
+@pytest.mark.integration
 def test_viz_does_not_select_a_backend():
     import subprocess
     import sys
