@@ -117,7 +117,7 @@ def make_inputs(root: Path) -> None:
 
 PRESET_NAMES = ("cifar100_imb100, cifar100_imb50, cifar100_imb10, cifar10_imb100, cifar10_imb50, cifar10_imb10, "
                 "cifar100_imb100_400, imagenet_lt_resnet50_100, imagenet_lt_resnext50_90, imagenet_lt_resnext50_180, "
-                "inat2018_resnet50_100")
+                "inat2018_resnet50_100, places_lt_resnet152")
 TRAIN_PARAMETERS = ("preset, dataset, data_root, imb, method, epochs, seed, batch_size, device, out_dir, overrides, "
                     "figures_dir, nproc_per_node")
 CONFIG = "configuration"
