@@ -276,6 +276,19 @@ def _single_run_curves(record: RunRecord, name: str) -> Figure:
     return fig
 
 
+class _WholeEpochLocator(MaxNLocator):
+    """Epoch-axis ticks at whole epochs only (no 0.5 or 1.5), also on the narrow axis of a one-epoch run."""
+
+    def __init__(self):
+        super().__init__(integer=True)
+
+    def tick_values(self, vmin, vmax):
+        """Return MaxNLocator's ticks that are whole, or every whole epoch in [vmin, vmax] when under two are."""
+        ticks = super().tick_values(vmin, vmax)
+        whole = ticks[np.isclose(ticks, np.round(ticks))]
+        return whole if len(whole) >= 2 else np.arange(np.ceil(vmin), np.floor(vmax) + 1)
+
+
 def _plot_series(ax, metrics: pd.DataFrame, column: str, **style):
     """Plot ``column`` against epoch, skipping epochs without a value; return the line or None."""
     if column not in metrics or "epoch" not in metrics:
@@ -285,7 +298,7 @@ def _plot_series(ax, metrics: pd.DataFrame, column: str, **style):
         return None
     marker = "o" if len(data) <= 20 else None
     (line,) = ax.plot(data["epoch"], data[column], marker=marker, markersize=3, **style)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 0.5 or 1.5 ticks
+    ax.xaxis.set_major_locator(_WholeEpochLocator())
     return line
 
 
