@@ -28,7 +28,7 @@ def _train(args: argparse.Namespace) -> int:
     from ccmix.engine import fit
 
     config, _ = train_config(args.preset, args.set)
-    summary = fit(config, args.out, preset=args.preset)
+    summary = fit(config, args.out, preset=args.preset, allow_more_epochs=args.extend_epochs)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
     print(json.dumps({key: summary[key] for key in ("status", "final", "best", "train_seconds")}, sort_keys=True))
@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default=None, help="a name from `python -m ccmix presets` (default: cifar100_imb100)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field (repeatable)")
     train.add_argument("--out", required=True, help="run folder")
+    train.add_argument("--extend-epochs", action="store_true",
+                       help="let a run folder's run continue to a larger epochs= (the learning-rate schedule changes, "
+                            "so this is refused without it)")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint on its test set")
@@ -114,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
+    except KeyboardInterrupt as error:  # TrainingInterrupted: SIGINT or SIGTERM stopped training cleanly
+        from ccmix.interrupt import TrainingInterrupted
+
+        if not isinstance(error, TrainingInterrupted):
+            raise
+        print(f"interrupted: {error}", file=sys.stderr)
+        return error.exit_status
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -123,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:  # CheckpointError, TrainingDiverged: a sentence for the user, not a traceback
         from ccmix.checkpoint import CheckpointError
         from ccmix.engine import TrainingDiverged
+        from ccmix.errors import RunFailed
 
-        if not isinstance(error, (CheckpointError, TrainingDiverged)):
+        if not isinstance(error, (CheckpointError, TrainingDiverged, RunFailed)):
             raise
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -176,6 +176,12 @@ def inconsistency(payload: dict) -> str | None:
     if history is not None and (not isinstance(history, list) or not all(isinstance(r, dict) for r in history)
                                 or [r.get("epoch") for r in history] != list(range(1, epoch + 1))):
         return f"its metric history does not hold one record for each of epochs 1..{epoch}"
+    data = payload.get("data")
+    if data is not None and not (isinstance(data, dict) and isinstance(data.get("class_names"), list)
+                                 and len(data["class_names"]) == num_classes
+                                 and isinstance(data.get("train_class_counts"), list)
+                                 and len(data["train_class_counts"]) == num_classes):
+        return f"its data identity does not name {num_classes} classes with their training counts"
     if "optimizer" in payload:
         optimizer = payload["optimizer"]
         if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict) or not isinstance(
@@ -203,6 +209,25 @@ def _rng_inconsistency(state) -> str | None:
     if "cuda" in state and not (isinstance(state["cuda"], list) and all(
             isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in state["cuda"])):
         return "its CUDA random states are not a list of uint8 tensors"
+    return None
+
+
+def check_resumable(payload: dict, path: str | os.PathLike) -> None:
+    """Raise CheckpointError when ``payload`` lacks what resuming needs besides the model (optimizer, rng)."""
+    missing = [key for key in ("optimizer", "rng") if key not in payload]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is incomplete: it lacks {', '.join(missing)}, which resuming needs"
+        )
+
+
+def saved_identity(payload: dict) -> dict | None:
+    """Return the data identity a checkpoint was saved with (``ccmix.data.identity``): its ``data`` entry, or
+    for checkpoints written before that entry existed its per-class training counts; None when it has neither."""
+    if isinstance(payload.get("data"), dict):
+        return payload["data"]
+    if payload.get("class_counts") is not None:
+        return {"train_class_counts": payload["class_counts"]}
     return None
 
 

@@ -49,9 +49,11 @@ from ccmix.evaluation import (
     model_description,
     predict,
 )
+from ccmix.interrupt import check_step_boundary
 from ccmix.report import start_run_report
 from ccmix.rng import restore_rng_state, rng_state, seed_everything
 from ccmix.run_folder import Resumed, RunFolder, load_run_config, shot_record
+from ccmix.run_guard import Guard, guarded_run
 from ccmix.step import (
     CORRECT,
     COUNT,
@@ -93,6 +95,7 @@ def train_one_epoch(model, pipeline, optimizer, config: TrainConfig, epoch: int,
     for step, batch in enumerate(pipeline.batches(epoch, rank=context.rank, world_size=context.world_size)):
         if step >= steps:
             break
+        check_step_boundary(context, epoch + 1, step + 1)  # SIGINT / SIGTERM stop here, between two steps
         sums = train_step(model, optimizer, batch, config, epoch, class_counts, cutmix_rng, context)
         check_finite_loss(sums, epoch, step, context)
         totals += sums
@@ -141,78 +144,95 @@ class _Progress:
                    train_seconds=sum(r.get("seconds", 0.0) for r in resumed.history))
 
 
-def fit(config: TrainConfig, out_dir: str | os.PathLike, preset: str | None = None) -> dict:
-    """Train ``config`` into the run folder ``out_dir`` (resuming when it holds last.pt) and return the summary."""
+def fit(config: TrainConfig, out_dir: str | os.PathLike, preset: str | None = None,
+        allow_more_epochs: bool = False) -> dict:
+    """Train ``config`` into the run folder ``out_dir`` (resuming when it holds last.pt) and return the summary.
+
+    The folder is owned while training (``ccmix.run_guard``): a second training into it is
+    refused, a finished run is reported without being rewritten, other settings are refused
+    (``allow_more_epochs`` lets a run continue to a larger ``epochs``), and SIGINT / SIGTERM
+    stop at the next step boundary with ``"status": "interrupted"``.
+    """
     config = validate(config)
     context = _join_processes(config)
     try:
-        device = context.device
-        train, test = _load_datasets(config, context)
-        num_classes = len(train.class_counts)
-        class_counts = torch.tensor(train.class_counts, dtype=torch.float32, device=device)
-        model, sync_bn = _build_model(config, num_classes, context)
-        optimizer = build_optimizer(model, config)
         folder = RunFolder(out_dir, writer=context.is_main)
-        folder.prepare()
-        resumed = folder.resume(config, model, optimizer, model_description(config, num_classes), num_classes)
-        progress = _Progress.of(resumed)
-        _agree_on_start(progress.epoch, folder, context)
-        _announce_resume(resumed, folder, config, context)
-        training_model = wrap_for_training(model, config, context, sync_bn=sync_bn)
-        if config.compile:
-            training_model = _try_compile(training_model)
-        pipeline = build_train_pipeline(train, config, device)
-        test_loader = build_test_loader(test, config, device, context)
-        _describe_run(folder, config, preset_name_for(config, preset), train, test, context)
-        folder.write_metrics(progress.history)
-        # header, estimate and epoch lines on stdout: readable under papermill's --log-output and in logs
-        report = start_run_report(
-            config=config, device=device, preset=preset, train_images=len(train), test_images=len(test),
-            steps_per_epoch=pipeline.steps_per_epoch, start_epoch=progress.epoch, world_size=context.world_size,
-            out_dir=str(folder.path), write=tqdm.write,
-        ) if config.progress and context.is_main else None
-        if resumed is not None:
-            restore_rng_state(resumed.rng)  # the generators stand exactly where the saved run's stood
-
-        def evaluate_model() -> dict:
-            return evaluate_distributed(model, test_loader, device, train.class_counts, config, context)
-
-        bar = tqdm(range(progress.epoch, config.epochs), desc="training", initial=progress.epoch,
-                   total=config.epochs, disable=not (config.progress and context.is_main))
-        try:
-            for epoch in bar:
-                started = time.perf_counter()
-                record = train_one_epoch(training_model, pipeline, optimizer, config, epoch, class_counts, device,
-                                         context, progress=config.progress,
-                                         on_step=report.step_done if report is not None else None)
-                _check_finite_state(model, epoch, pipeline.steps_per_epoch)  # never checkpoint broken weights
-                evaluated = epoch + 1 == config.epochs or (epoch + 1) % config.eval_interval == 0
-                metrics = evaluate_model() if evaluated else None
-                improved = _record_epoch(progress, record, metrics, epoch, time.perf_counter() - started)
-                if report is not None:
-                    report.epoch_done(progress.history[-1])
-                payload = _checkpoint_payload(config, model, optimizer, progress, num_classes, train, context)
-                folder.save_epoch(payload, progress.history, improved,
-                                  folder.summary("running", progress.epoch, progress.best, progress.train_seconds))
-                if metrics is not None:
-                    bar.set_postfix(top1=f"{metrics['top1']:.2f}", best=f"{progress.best['top1']:.2f}")
-                barrier(context)
-        except TrainingDiverged as error:
-            raise _diverged(error, folder, progress) from None
-        finally:
-            bar.close()
-
-        if progress.last_metrics is None:  # resumed a run whose last epoch was already trained: evaluate it again
-            progress.last_metrics = evaluate_model()
-        summary = folder.summary("completed", config.epochs, progress.best, progress.train_seconds,
-                                 final_metrics=progress.last_metrics)
-        folder.write_per_class(progress.last_metrics, list(train.classes), train.class_counts, config)
-        folder.write_predictions(progress.last_metrics)
-        folder.write_summary(summary)
-        barrier(context)
-        return summary
+        with guarded_run(folder, config, context, allow_more_epochs=allow_more_epochs) as guard:
+            if guard.completed is not None:
+                return guard.completed
+            return _train(config, folder, guard, context, preset)
     finally:
         cleanup(context)
+
+
+def _train(config: TrainConfig, folder: RunFolder, guard: Guard, context: DistContext, preset: str | None) -> dict:
+    """Train (or resume) into ``folder``, owned through ``guard``, and return the summary."""
+    device = context.device
+    train, test = _load_datasets(config, context)
+    identity = guard.check_data(train, test)
+    num_classes = len(train.class_counts)
+    class_counts = torch.tensor(train.class_counts, dtype=torch.float32, device=device)
+    model, sync_bn = _build_model(config, num_classes, context)
+    optimizer = build_optimizer(model, config)
+    folder.prepare()  # under the lock: clears only temporaries of writers that are gone
+    resumed = folder.resume(config, model, optimizer, model_description(config, num_classes), num_classes,
+                            data=identity)
+    progress = _Progress.of(resumed)
+    _agree_on_start(progress.epoch, folder, context)
+    _announce_resume(resumed, folder, config, context)
+    training_model = wrap_for_training(model, config, context, sync_bn=sync_bn)
+    if config.compile:
+        training_model = _try_compile(training_model)
+    pipeline = build_train_pipeline(train, config, device)
+    test_loader = build_test_loader(test, config, device, context)
+    _describe_run(folder, config, preset_name_for(config, preset), train, test, context, identity)
+    folder.write_metrics(progress.history)
+    # header, estimate and epoch lines on stdout: readable under papermill's --log-output and in logs
+    report = start_run_report(
+        config=config, device=device, preset=preset, train_images=len(train), test_images=len(test),
+        steps_per_epoch=pipeline.steps_per_epoch, start_epoch=progress.epoch, world_size=context.world_size,
+        out_dir=str(folder.path), write=tqdm.write,
+    ) if config.progress and context.is_main else None
+    if resumed is not None:
+        restore_rng_state(resumed.rng)  # the generators stand exactly where the saved run's stood
+
+    def evaluate_model() -> dict:
+        return evaluate_distributed(model, test_loader, device, train.class_counts, config, context)
+
+    bar = tqdm(range(progress.epoch, config.epochs), desc="training", initial=progress.epoch,
+               total=config.epochs, disable=not (config.progress and context.is_main))
+    try:
+        for epoch in bar:
+            started = time.perf_counter()
+            record = train_one_epoch(training_model, pipeline, optimizer, config, epoch, class_counts, device,
+                                     context, progress=config.progress,
+                                     on_step=report.step_done if report is not None else None)
+            _check_finite_state(model, epoch, pipeline.steps_per_epoch)  # never checkpoint broken weights
+            evaluated = epoch + 1 == config.epochs or (epoch + 1) % config.eval_interval == 0
+            metrics = evaluate_model() if evaluated else None
+            improved = _record_epoch(progress, record, metrics, epoch, time.perf_counter() - started)
+            if report is not None:
+                report.epoch_done(progress.history[-1])
+            payload = _checkpoint_payload(config, model, optimizer, progress, num_classes, train, context, identity)
+            folder.save_epoch(payload, progress.history, improved,
+                              folder.summary("running", progress.epoch, progress.best, progress.train_seconds))
+            if metrics is not None:
+                bar.set_postfix(top1=f"{metrics['top1']:.2f}", best=f"{progress.best['top1']:.2f}")
+            barrier(context)
+    except TrainingDiverged as error:
+        raise _diverged(error, folder, progress) from None
+    finally:
+        bar.close()
+
+    if progress.last_metrics is None:  # resumed a run whose last epoch was already trained: evaluate it again
+        progress.last_metrics = evaluate_model()
+    summary = folder.summary("completed", config.epochs, progress.best, progress.train_seconds,
+                             final_metrics=progress.last_metrics)
+    folder.write_per_class(progress.last_metrics, list(train.classes), train.class_counts, config)
+    folder.write_predictions(progress.last_metrics)
+    folder.write_summary(summary)
+    barrier(context)
+    return summary
 
 
 def _join_processes(config: TrainConfig) -> DistContext:
@@ -273,11 +293,11 @@ def _announce_resume(resumed: Resumed | None, folder: RunFolder, config: TrainCo
 
 
 def _describe_run(folder: RunFolder, config: TrainConfig, preset_name: str | None, train, test,
-                  context: DistContext) -> None:
-    """Write config.json and set the facts every summary repeats."""
+                  context: DistContext, identity: dict) -> None:
+    """Write config.json (settings, and the data's identity: ``ccmix.data.identity``) and set the facts every
+    summary repeats."""
     num_classes = len(train.class_counts)
-    folder.write_config(config, preset_name, world_size=context.world_size, num_classes=num_classes,
-                        class_names=list(train.classes), train_class_counts=list(map(int, train.class_counts)))
+    folder.write_config(config, preset_name, world_size=context.world_size, num_classes=num_classes, **identity)
     folder.start_summary(config, preset_name, world_size=context.world_size, num_classes=num_classes,
                          train_images=len(train), test_images=len(test))
 
@@ -301,7 +321,7 @@ def _record_epoch(progress: _Progress, record: dict, metrics: dict | None, epoch
 
 
 def _checkpoint_payload(config: TrainConfig, model, optimizer, progress: _Progress, num_classes: int, train,
-                        context: DistContext) -> dict:
+                        context: DistContext, identity: dict) -> dict:
     """Return the checkpoint of the run as it stands (rank 0 saves it; other ranks skip building it)."""
     if not context.is_main:
         return {}
@@ -313,7 +333,7 @@ def _checkpoint_payload(config: TrainConfig, model, optimizer, progress: _Progre
         "model_description": model_description(config, num_classes), "model": model.state_dict(),
         "optimizer": optimizer.state_dict(), "best": progress.best, "rng": rng_state(),
         "class_counts": list(map(int, train.class_counts)), "world_size": context.world_size,
-        "history": progress.history, "train_seconds": progress.train_seconds,
+        "history": progress.history, "train_seconds": progress.train_seconds, "data": identity,
     }
 
 

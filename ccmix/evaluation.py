@@ -156,11 +156,21 @@ def evaluate_checkpoint(checkpoint_path: str | os.PathLike, overrides: dict | No
     train, test = build_datasets(config)
     if len(train.class_counts) != num_classes:
         _class_count_mismatch(checkpoint_path, payload, len(train.class_counts))
+    _check_same_data(checkpoint_path, payload, train, test)
     metrics = evaluate(model, build_test_loader(test, config, device), device, train.class_counts, config)
     result = {key: metrics[key] for key in ("top1", "many", "medium", "few", "per_class")}
     result.update(checkpoint=str(checkpoint_path), epoch=int(payload["epoch"]), test_images=int(len(test)))
     write_json(Path(checkpoint_path).with_suffix(".eval.json"), result)
     return result
+
+
+def _check_same_data(checkpoint_path, payload: dict, train, test) -> None:
+    """Refuse (RunFolderConflict) data whose classes, counts or training files differ from the checkpoint's."""
+    from ccmix.data.identity import data_identity
+    from ccmix.run_guard import check_data_identity
+
+    check_data_identity(ckpt.saved_identity(payload), data_identity(train, test),
+                        f"checkpoint {str(checkpoint_path)!r}", compare_test=False)
 
 
 def _class_count_mismatch(checkpoint_path, payload: dict, dataset_classes: int) -> None:

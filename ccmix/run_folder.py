@@ -184,10 +184,13 @@ class RunFolder:
 
     # ------------------------------------------------------------------ resuming
 
-    def resume(self, config: TrainConfig, model, optimizer, description: str, num_classes: int) -> Resumed | None:
+    def resume(self, config: TrainConfig, model, optimizer, description: str, num_classes: int,
+               data: dict | None = None) -> Resumed | None:
         """Load the newest readable checkpoint into ``model`` and ``optimizer`` and return where the run stands;
-        None when the folder holds no checkpoint. ConfigError when it was trained with other settings."""
+        None when the folder holds no checkpoint. ConfigError when it was trained with other settings or, given
+        the ``data`` identity (``ccmix.data.identity``), on other data."""
         from ccmix import checkpoint as ckpt
+        from ccmix.run_guard import check_data_identity
 
         # loaded on the CPU: generator states must stay CPU byte tensors; load_state_dict moves the rest
         found = ckpt.load_resume_checkpoint(self.path, map_location="cpu", set_aside_damaged=self.writer)
@@ -195,8 +198,11 @@ class RunFolder:
             return None
         payload, path = found
         check_resume_compatible(payload["config"], config, path)
+        if data is not None:
+            check_data_identity(ckpt.saved_identity(payload), data, f"the run in {str(self.path)!r} ({path.name})")
+        ckpt.check_resumable(payload, path)
         ckpt.load_model_state(model, payload, path, description, num_classes=num_classes, arch=config.arch)
-        optimizer.load_state_dict(payload["optimizer"])
+        ckpt.load_optimizer_state(optimizer, payload, path)
         return Resumed(epoch=int(payload["epoch"]), best=payload.get("best"), history=self.resumed_history(payload),
                        rng=payload["rng"], path=path)
 

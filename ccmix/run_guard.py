@@ -19,12 +19,19 @@ on (see ``ccmix.data.identity``).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ccmix.checkpoint import CheckpointError
 from ccmix.config import ConfigError, TrainConfig, resume_differences
+from ccmix.errors import RunFailed, as_user_error, original_message
+from ccmix.interrupt import TrainingInterrupted, stop_requests
 from ccmix.io import read_json
+from ccmix.lock import RunFolderBusy, RunFolderLock
+from ccmix.step import TrainingDiverged
 
 CONFIG, SUMMARY, METRICS = "config.json", "summary.json", "metrics.jsonl"
 CHECKPOINTS = ("last.pt", "previous.pt")
@@ -87,9 +94,14 @@ def examine(folder: str | os.PathLike, config: TrainConfig, allow_more_epochs: b
     summary = _read(folder / SUMMARY)
     has_checkpoint = any((folder / name).exists() for name in CHECKPOINTS)
     done = int((summary or {}).get("epochs_completed") or 0)
+    results = [name for name in RESULT_FILES if (folder / name).exists()]
+    # a run that failed or was stopped before its first checkpoint has nothing to lose: it starts over
+    never_saved = summary is not None and summary.get("status") in ("failed", "interrupted") and done == 0
     if saved is None:
         if has_checkpoint:  # a run folder from before config.json existed: the checkpoint is compared on resume
             return Verdict("resume")
+        if never_saved and not results:  # failed before its data loaded
+            return Verdict("fresh")
         raise RunFolderConflict(
             f"{str(folder)!r} holds run files ({', '.join(present)}) but no config.json saying how they were made, "
             f"so training into it could mix two runs; {_new_out(folder)}"
@@ -120,9 +132,6 @@ def examine(folder: str | os.PathLike, config: TrainConfig, allow_more_epochs: b
         extends = True
     if summary is not None and summary.get("status") == "completed" and not extends:
         return Verdict("completed", summary=summary)
-    results = [name for name in RESULT_FILES if (folder / name).exists()]
-    # a run that failed or was stopped before its first checkpoint has nothing to lose: it starts over
-    never_saved = summary is not None and summary.get("status") in ("failed", "interrupted") and done == 0
     if not has_checkpoint and (results or done > 0) and not never_saved:
         held = ", ".join(results) or f"summary.json ({done} epochs completed)"
         raise RunFolderConflict(
@@ -153,11 +162,129 @@ def check_data_identity(saved: dict | None, current: dict, where: str, compare_t
     phrases = identity_differences(saved, current, compare_test=compare_test)
     if phrases:
         raise RunFolderConflict(
-            f"{where} was trained on other data than found now: {'; '.join(phrases)}; its class indices would no "
-            "longer mean the same classes, so nothing was changed: restore the data it was trained on, or train "
-            "a new run into a new out_dir"
+            f"{where} was trained on other data than found now: {'; '.join(phrases)}; going on would mix two data "
+            "sets (and a class index may now mean another class), so nothing was changed: restore the data it was "
+            "trained on, or train a new run into a new out_dir"
         )
 
 
-__all__ = ["RunFolderConflict", "Verdict", "examine", "completed_message", "check_data_identity",
-           "describe_differences", "RUN_FILES"]
+# --------------------------------------------------------------------------- one guarded training
+
+
+@dataclass
+class Guard:
+    """What :func:`guarded_run` found: the verdict, and the data identity once :meth:`check_data` saw the data."""
+
+    folder: object  # ccmix.run_folder.RunFolder
+    config: TrainConfig
+    verdict: Verdict
+    identity: dict | None = None
+    started: bool = field(default=False, init=False)  # past the refusals: failures are recorded in summary.json
+
+    @property
+    def completed(self) -> dict | None:
+        """Return the finished run's summary when the folder already holds this run, else None."""
+        return self.verdict.summary if self.verdict.action == "completed" else None
+
+    def check_data(self, train, test) -> dict:
+        """Return the identity of the data (train, test); refuses data other than config.json's, when it has one."""
+        from ccmix.data.identity import data_identity
+
+        self.identity = data_identity(train, test)
+        if self.verdict.action == "resume":
+            check_data_identity(self.folder.read_config(), self.identity, f"the run in {str(self.folder.path)!r}")
+        self.started = True
+        return self.identity
+
+
+def _share(value, context):
+    """Return rank 0's ``value`` on every rank (the value itself in a single process)."""
+    if context is None or not getattr(context, "enabled", False):
+        return value
+    from ccmix.distributed import all_gather_objects
+
+    return all_gather_objects(value, context)[0]
+
+
+def _record(folder, config: TrainConfig, status: str, sentence: str) -> None:
+    """Write summary.json with ``status`` and ``sentence``, keeping the last saved epoch's records; never fails."""
+    if not folder.writer:
+        return
+    try:
+        summary = folder.read_summary()
+        if summary is None:
+            summary = dict(method=config.method, dataset=config.dataset, imb=config.imb, seed=config.seed,
+                           epochs=config.epochs, epochs_completed=0, final=None, best=None, train_seconds=0.0)
+        folder.write_summary(dict(summary, status=status, error=sentence))
+    except Exception:  # a full or read-only disk cannot take the record either; the sentence still reaches the user
+        pass
+
+
+def _interrupted(error: BaseException, requests, folder, config: TrainConfig) -> TrainingInterrupted:
+    import signal
+
+    number = getattr(error, "signal_number", None) or requests.signal_number or signal.SIGINT
+    base = str(error) if isinstance(error, TrainingInterrupted) else (
+        f"training was interrupted by {signal.Signals(number).name}")
+    done = int((folder.read_summary() or {}).get("epochs_completed") or 0)
+    kept = (f"last.pt keeps epoch {done}; run the same command again to resume" if done else
+            "no epoch was completed; run the same command again to start over")
+    _record(folder, config, "interrupted", base)
+    return TrainingInterrupted(f"{base}; {kept}", number)
+
+
+@contextlib.contextmanager
+def guarded_run(folder, config: TrainConfig, context=None, allow_more_epochs: bool = False):
+    """Yield a Guard while training ``config`` into ``folder`` (a RunFolder) owns it; see the module docstring.
+
+    Takes the folder's lock (rank 0; every rank learns the outcome) before anything in the
+    folder is touched, examines the folder, and turns SIGINT and SIGTERM into stop requests.
+    On the way out it records an interruption or a failure in summary.json (once the
+    refusals are past) and raises the user's sentence: TrainingInterrupted, ValueError for
+    data, ccmix.errors.RunFailed for disk and memory faults; unrecognised errors keep their
+    traceback. The lock is released in every case.
+    """
+    lock = RunFolderLock(folder.path)
+    refusal = None  # (busy, sentence) of rank 0, shared with every rank
+    if folder.writer:
+        try:
+            lock.acquire()
+        except RunFolderBusy as error:
+            refusal = (True, str(error))
+        except OSError as error:  # the folder cannot be created or written
+            user_error = as_user_error(error, folder.path)
+            refusal = (False, str(user_error) if user_error is not None else f"{str(folder.path)!r}: {error}")
+    refusal = _share(refusal, context)
+    if refusal is not None:
+        lock.release()
+        busy, sentence = refusal
+        raise RunFolderBusy(sentence) if busy else RunFailed(sentence)
+    try:
+        with stop_requests() as requests:
+            guard = Guard(folder=folder, config=config, verdict=examine(folder.path, config, allow_more_epochs))
+            if guard.completed is not None and folder.writer:
+                print(completed_message(folder.path, guard.completed), file=sys.stderr)
+            try:
+                yield guard
+            except (ConfigError, TrainingDiverged):
+                raise  # a refusal leaves the folder as it was; a divergence has recorded itself
+            except (TrainingInterrupted, KeyboardInterrupt) as error:
+                raise _interrupted(error, requests, folder, config) from None
+            except BaseException as error:
+                if requests.signal_number is not None:  # e.g. DataLoader workers stopped by the same Ctrl-C
+                    raise _interrupted(error, requests, folder, config) from None
+                user_error = error if isinstance(error, CheckpointError) else as_user_error(error, folder.path)
+                if not guard.started and user_error is None:
+                    raise
+                sentence = str(user_error) if user_error is not None else (
+                    f"{type(error).__name__}: {original_message(error)}")
+                _record(folder, config, "failed", sentence)
+                if user_error is None or user_error is error:
+                    raise
+                raise user_error from None
+    finally:
+        lock.release()
+
+
+__all__ = ["RunFolderConflict", "Verdict", "Guard", "examine", "guarded_run", "completed_message",
+           "check_data_identity", "describe_differences", "RUN_FILES"]
