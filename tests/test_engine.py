@@ -75,9 +75,13 @@ def test_eval_command_reproduces_the_final_top1(tmp_path):
     assert written["top1"] == printed["top1"] and written["epoch"] == 2
 
 
-def test_rerunning_on_a_finished_folder_extends_it(tmp_path):
+def test_rerunning_on_a_finished_folder_extends_it_when_asked(tmp_path):
+    from ccmix.config import ConfigError
+
     fit(tiny_config(method="la", epochs=1), tmp_path)
-    summary = fit(tiny_config(method="la", epochs=3), tmp_path)
+    with pytest.raises(ConfigError, match="the learning-rate schedule depends on the number of epochs"):
+        fit(tiny_config(method="la", epochs=3), tmp_path)  # another schedule: only on request
+    summary = fit(tiny_config(method="la", epochs=3), tmp_path, allow_more_epochs=True)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert summary["epochs_completed"] == 3
@@ -87,7 +91,7 @@ def test_resume_refuses_a_folder_trained_with_other_settings(tmp_path):
     from ccmix.config import ConfigError
 
     fit(tiny_config(method="la", epochs=1), tmp_path)
-    with pytest.raises(ConfigError, match="out_dir already holds a run trained with method='la'"):
+    with pytest.raises(ConfigError, match="holds a run with other settings \\(method: 'la' in the folder, 'ce' asked\\)"):
         fit(tiny_config(method="ce", epochs=1), tmp_path)
 
 
