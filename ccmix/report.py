@@ -19,9 +19,13 @@ import statistics
 import time
 from collections.abc import Callable
 
-# Steps timed for the estimate, after one untimed warm-up step (first-call allocations, worker start-up).
+# Steps timed for the estimate, after one untimed warm-up step (first-call allocations, worker start-up):
+# TIMED_STEPS, or fewer (at least MIN_TIMED_STEPS) once they have taken ENOUGH_TIMING_S, so a slow CPU
+# gets its estimate within a minute or two instead of after several long steps.
 WARMUP_STEPS = 1
 TIMED_STEPS = 4
+MIN_TIMED_STEPS = 2
+ENOUGH_TIMING_S = 20.0
 # A CPU run estimated longer than this gets the quick-look advice.
 LONG_RUN_SECONDS = 3600.0
 # Epoch durations averaged for the time left: recent ones, so a slower phase (semantic labels) shows soon.
@@ -105,6 +109,7 @@ def run_header(*, device: str, preset: str, method: str, arch: str, dataset: str
     ]
     if out_dir is not None:
         lines.append(f"run folder {out_dir}")
+    lines.append("estimate   follows after the first training steps")
     return "\n".join(lines)
 
 
@@ -190,7 +195,7 @@ def mean_recent(durations: list[float], recent: int = RECENT_EPOCHS) -> float | 
 
 
 class RunReporter:
-    """Writes a run's header, its time estimate (once, after the first timed steps) and one line per epoch.
+    """Writes a run's time estimate (once, after the first timed steps) and one line per epoch.
 
     ``write`` receives each text (the caller prints it, e.g. ``tqdm.write`` so bars are
     not broken); ``synchronize`` waits for queued device work, and is called only while
@@ -211,7 +216,7 @@ class RunReporter:
         self.epoch_seconds: list[float] = []
 
     def step_done(self) -> None:
-        """Count one finished training step; after the warm-up and timed steps, write the estimate once."""
+        """Count one finished training step; after the warm-up and the timed steps, write the estimate once."""
         if self.estimated:
             return
         self.steps_done += 1
@@ -223,8 +228,9 @@ class RunReporter:
         if self.steps_done == WARMUP_STEPS:
             self.timing_started = now
             return
-        if self.steps_done == WARMUP_STEPS + TIMED_STEPS:
-            self._estimate(seconds_per_step=(now - self.timing_started) / TIMED_STEPS, seconds_per_epoch=None)
+        timed, seconds = self.steps_done - WARMUP_STEPS, now - self.timing_started
+        if timed == TIMED_STEPS or (timed >= MIN_TIMED_STEPS and seconds >= ENOUGH_TIMING_S):
+            self._estimate(seconds_per_step=seconds / timed, seconds_per_epoch=None)
 
     def epoch_done(self, record: dict) -> None:
         """Write the epoch's line (``record`` as in metrics.jsonl, with its "seconds") and its time left."""

@@ -57,6 +57,7 @@ def test_header_names_device_preset_published_top1_images_steps_and_precision():
     assert "43 per epoch of batch 256" in header
     assert "precision  fp32" in header
     assert "200 epochs" in header and "run folder runs/a" in header
+    assert header.endswith("estimate   follows after the first training steps")
     resumed = report.run_header(
         device="NVIDIA H200", preset=report.preset_text("cifar10_imb100", None, changed=True), method="la",
         arch="resnet32", dataset="imagenet_lt", imb=None, epochs=10, start_epoch=4, train_images=1, test_images=1,
@@ -121,12 +122,12 @@ def test_reporter_estimates_once_from_the_timed_steps_after_warm_up():
     clock, written, syncs = FakeClock(), [], []
     reporter = report.RunReporter(write=written.append, device_type="cpu", device="CPU, 2 cores", epochs=200,
                                   start_epoch=0, steps_per_epoch=43, synchronize=lambda: syncs.append(1), clock=clock)
-    step_seconds = [30.0, 9.0, 9.5, 9.5, 9.6, 50.0, 50.0]  # the first is warm-up; the last two come too late
+    step_seconds = [3.0, 0.9, 0.95, 0.95, 0.96, 5.0, 5.0]  # the first is warm-up; the last two come too late
     for seconds in step_seconds:
         clock.now += seconds
         reporter.step_done()
-    assert len(written) == 1 and "9.40 s per step x 43 steps" in written[0]
-    assert "no CUDA device" in written[0]
+    assert len(written) == 1 and "0.94 s per step x 43 steps" in written[0]
+    assert "about 2 h 15 min for the 200 epochs" in written[0] and "no CUDA device" in written[0]
     assert len(syncs) == report.WARMUP_STEPS + report.TIMED_STEPS  # no waiting on the device after timing
     reporter.epoch_done({"epoch": 1, "lr": 0.03, "loss": 5.0, "loss_ce": 4.0, "loss_bcl": 5.5, "train_top1": 1.0,
                          "top1": 2.0, "many": 4.0, "medium": 1.0, "few": 0.0, "seconds": 400.0})
@@ -135,6 +136,22 @@ def test_reporter_estimates_once_from_the_timed_steps_after_warm_up():
     assert len(written) == 3
     assert written[1].startswith("epoch   1/200") and written[1].endswith(f"left ~{report.format_duration(199 * 400)}")
     assert written[2].endswith(f"left ~{report.format_duration(198 * 300)}")  # mean of the recent epochs
+
+
+def test_reporter_estimates_after_fewer_steps_when_they_are_slow():
+    clock, written, syncs = FakeClock(), [], []
+    reporter = report.RunReporter(write=written.append, device_type="cpu", device="CPU, 2 cores", epochs=200,
+                                  start_epoch=0, steps_per_epoch=43, synchronize=lambda: syncs.append(1), clock=clock)
+    for seconds in (30.0, 9.0):  # warm-up, then one timed step: not yet
+        clock.now += seconds
+        reporter.step_done()
+    assert written == []
+    clock.now += 11.0  # two timed steps, 20 s: enough
+    reporter.step_done()
+    assert len(written) == 1 and "10.00 s per step x 43 steps" in written[0]
+    clock.now += 10.0
+    reporter.step_done()
+    assert len(written) == 1 and len(syncs) == 3
 
 
 def test_reporter_estimates_from_the_first_epoch_when_it_has_too_few_steps():
