@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,29 @@ def make_inputs(root: Path) -> None:
     (root / "lists" / "test.txt").write_text("images/a.jpg 0\n")
     (root / "lists" / "empty.txt").write_text("\n")
     (root / "empty.pt").write_bytes(b"")
+    shutil.copytree(root / "extra_test", root / "loop_class", ignore=shutil.ignore_patterns("zebra"))
+    (root / "loop_class" / "train" / "loop").symlink_to("loop")
+    shutil.copytree(root / "extra_test", root / "odd_size", ignore=shutil.ignore_patterns("zebra"))
+    Image.new("RGB", (48, 40)).save(root / "odd_size" / "test" / "a" / "wide.png")
+    make_run_inputs(root)
+
+
+def make_run_inputs(root: Path) -> None:
+    """Write ``done/`` (a completed run of the default preset, as its config.json and summary.json show it) and
+    ``crafted.pt`` (a checkpoint whose epoch is negative, with a valid checksum)."""
+    import json
+
+    import torch
+
+    from ccmix import checkpoint as ckpt
+    from ccmix.config import resolve
+
+    config = resolve(None, {}).to_dict()
+    (root / "done").mkdir()
+    (root / "done" / "config.json").write_text(json.dumps(config))
+    (root / "done" / "summary.json").write_text(json.dumps({"status": "completed", "epochs_completed": 200}))
+    ckpt.save_checkpoint(root / "crafted.pt", {"config": config, "epoch": -3, "num_classes": 100,
+                                               "model": {"fc.weight": torch.zeros(100, 2)}})
 
 
 PRESET_NAMES = ("cifar100_imb100, cifar100_imb50, cifar100_imb10, cifar10_imb100, cifar10_imb50, cifar10_imb10, "
@@ -124,6 +148,7 @@ CONFIG = "configuration"
 DATA = "dataset paths and files"
 NOTEBOOK = "notebook parameters"
 COMMAND = "command line"
+RUN_FOLDER = "run folder"
 
 # --------------------------------------------------------------------------- the table
 
@@ -203,6 +228,14 @@ REJECTIONS = [
     Rejection(DATA, "dataset='folder' with an image file that does not decode", lambda: load(folder("lt_folder")),
               "image file 'lt_folder/train/b/broken.png' could not be read (UnidentifiedImageError: cannot identify "
               "image file 'lt_folder/train/b/broken.png'); replace or remove it", ValueError),
+    Rejection(DATA, "dataset='folder' with a test image that is not 32x32 (view recipe cifar)",
+              lambda: load(folder("odd_size")),
+              "image file 'odd_size/test/a/wide.png' is 48x40 pixels and view_recipe 'cifar' takes 32x32 images; "
+              "resize them, or use view_recipe=imagenet, which resizes any size", ValueError),
+    Rejection(DATA, "dataset='folder' with a class folder that is a symbolic link to itself",
+              lambda: load(folder("loop_class")),
+              "'loop_class/train/loop' cannot be read (a symbolic link that leads back to itself); fix or remove it",
+              ValueError),
     Rejection(DATA, "dataset='imagenet_lt', data_root='no/such/root'",
               lambda: check(image_list(data_root="no/such/root")),
               "data_root='no/such/root' is not accepted for dataset 'imagenet_lt'; the folder does not exist"),
@@ -277,6 +310,23 @@ REJECTIONS = [
               "checkpoint 'missing.pt' does not exist", CLI),
     Rejection(COMMAND, "eval --checkpoint empty.pt (a 0-byte file)", command("eval", "--checkpoint", "empty.pt"),
               "checkpoint 'empty.pt' is truncated or corrupt and cannot be read (0 bytes; EOFError: no detail)", CLI),
+    Rejection(COMMAND, "eval --checkpoint crafted.pt (its epoch is -3)", command("eval", "--checkpoint", "crafted.pt"),
+              "checkpoint 'crafted.pt' is inconsistent: its epoch is -3, and a saved epoch count is an integer >= 1",
+              CLI),
+    # run folders: what a training may do with a folder that already holds a run (ccmix.run_guard)
+    Rejection(RUN_FOLDER, "train --set method=ce --out done (done holds a completed run of the default preset)",
+              command("train", "--set", "method=ce", "--out", "done"),
+              "'done' holds a run with other settings (method: 'concutmix' in the folder, 'ce' asked); resuming would "
+              "mix two recipes, so nothing was changed: choose a new out_dir (--out) such as 'done-2', or ask for the "
+              "same settings to resume", CLI),
+    Rejection(RUN_FOLDER, "train --set epochs=300 --out done", command("train", "--set", "epochs=300", "--out", "done"),
+              "'done' holds a run of epochs=200 and epochs=300 was asked; the learning-rate schedule depends on the "
+              "number of epochs, so this is another recipe: choose a new out_dir (--out) such as 'done-2', or pass "
+              "--extend-epochs (allow_more_epochs=True) to continue this run to epoch 300", CLI),
+    Rejection(RUN_FOLDER, "train --set epochs=100 --out done", command("train", "--set", "epochs=100", "--out", "done"),
+              "'done' holds a run of epochs=200 (200 completed) and epochs=100 was asked; a shorter schedule would "
+              "relabel or discard trained epochs, so nothing was changed: choose a new out_dir (--out) such as "
+              "'done-2'", CLI),
 ]
 
 # --------------------------------------------------------------------------- README rendering
