@@ -11,8 +11,9 @@ holds and decides:
 
 and refuses, with a sentence naming the differing fields and suggesting a new
 ``out_dir``, a different recipe or seed, fewer epochs than were trained, another number
-of epochs without ``allow_more_epochs`` (the learning-rate schedule depends on it), and
-a folder holding results whose checkpoint is missing. After the data loads,
+of epochs without ``allow_more_epochs`` (the learning-rate schedule depends on it; the
+option lets a run continue with a new ``epochs`` no smaller than the epochs trained),
+and a folder holding results whose checkpoint is missing. After the data loads,
 :func:`check_data_identity` refuses data that differs from the data the run was trained
 on (see ``ccmix.data.identity``).
 """
@@ -116,7 +117,7 @@ def examine(folder: str | os.PathLike, config: TrainConfig, allow_more_epochs: b
     planned = saved.get("epochs")
     extends = False
     if planned is not None and planned != config.epochs:
-        if config.epochs < planned:
+        if config.epochs < done:
             raise RunFolderConflict(
                 f"{str(folder)!r} holds a run of epochs={planned} ({done} completed) and epochs={config.epochs} was "
                 f"asked; a shorter schedule would relabel or discard trained epochs, so nothing was changed: "
@@ -127,7 +128,7 @@ def examine(folder: str | os.PathLike, config: TrainConfig, allow_more_epochs: b
                 f"{str(folder)!r} holds a run of epochs={planned} and epochs={config.epochs} was asked; the "
                 "learning-rate schedule depends on the number of epochs, so this is another recipe: "
                 f"{_new_out(folder)}, or pass --extend-epochs (allow_more_epochs=True) to continue this run "
-                f"to epoch {config.epochs}"
+                f"with epochs={config.epochs}"
             )
         extends = True
     if summary is not None and summary.get("status") == "completed" and not extends:

@@ -322,7 +322,7 @@ REJECTIONS = [
     Rejection(RUN_FOLDER, "train --set epochs=300 --out done", command("train", "--set", "epochs=300", "--out", "done"),
               "'done' holds a run of epochs=200 and epochs=300 was asked; the learning-rate schedule depends on the "
               "number of epochs, so this is another recipe: choose a new out_dir (--out) such as 'done-2', or pass "
-              "--extend-epochs (allow_more_epochs=True) to continue this run to epoch 300", CLI),
+              "--extend-epochs (allow_more_epochs=True) to continue this run with epochs=300", CLI),
     Rejection(RUN_FOLDER, "train --set epochs=100 --out done", command("train", "--set", "epochs=100", "--out", "done"),
               "'done' holds a run of epochs=200 (200 completed) and epochs=100 was asked; a shorter schedule would "
               "relabel or discard trained epochs, so nothing was changed: choose a new out_dir (--out) such as "

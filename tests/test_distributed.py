@@ -383,7 +383,7 @@ def check_resumed_under_one_process(out: Path, done: int) -> None:
     stopped = torch.load(out / "last.pt", weights_only=True)
     assert stopped["world_size"] == 2 and int(stopped["epoch"]) == done
     two_process_records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][:done]
-    summary = fit(TrainConfig(**run_config(epochs=done + 1)), out)
+    summary = fit(TrainConfig(**run_config(epochs=done + 1)), out, allow_more_epochs=True)  # a new schedule
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == list(range(1, done + 2))
     assert records[:done] == two_process_records

@@ -309,3 +309,26 @@ def test_a_failure_in_training_is_recorded_in_the_summary(tmp_path, monkeypatch)
     summary = read_summary(out)
     assert summary["status"] == "failed" and summary["error"].startswith("the machine ran out of memory")
     assert summary["epochs_completed"] == 1 and int(ckpt.load_checkpoint(out / "last.pt")["epoch"]) == 1
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name == "nt", reason="needs POSIX signals")
+def test_sigterm_under_torchrun_stops_every_process_at_the_same_step(tmp_path):
+    """What SLURM does to a preempted job: SIGTERM to torchrun, which passes it to both workers; they agree on
+    the step to stop at, so neither waits for the other, and the folder says interrupted."""
+    from ccmix.launch import launch_torchrun, stop_run
+
+    out = tmp_path / "run"
+    overrides = {"dataset": "synthetic", "synthetic_classes": 5, "imb": 10, "method": "la", "batch_size": 32,
+                 "num_workers": 0, "topk": 3, "warmup_epochs": 0, "milestones": (), "lr": 0.05, "epochs": 40,
+                 "max_steps_per_epoch": 4, "seed": 1, "progress": False}
+    process = launch_torchrun(None, overrides, out, nproc_per_node=2)
+    try:
+        wait_until(lambda: (out / "last.pt").exists(), process, out / "launch.log")
+    finally:
+        stop_run(process, timeout=60)
+    summary = read_summary(out)
+    assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"]
+    assert summary["epochs_completed"] == int(ckpt.load_checkpoint(out / "last.pt")["epoch"]) >= 1
+    stopped = [line for line in (out / "launch.log").read_text().splitlines() if line.startswith("interrupted: ")]
+    assert len(stopped) == 2 and stopped[0] == stopped[1]  # the same epoch and step on both processes
