@@ -1,4 +1,4 @@
-"""Every training knob in one dataclass, the published presets, and input validation.
+"""Every training knob in one dataclass, with the metadata that says what each one is.
 
 Presets follow the run scripts published with Contrastive CutMix (Pan et al.,
 "Enhanced Long-Tailed Recognition with Contrastive CutMix Augmentation",
@@ -22,7 +22,10 @@ comparisons between configs. The roles are
 
 Adding a field is a one-place change: declare it with :func:`spec` and its role.
 
-Validation happens here, before any data is read: every bad value becomes one
+The presets live in :mod:`ccmix.presets`, the checks and ``--set`` parsing in
+:mod:`ccmix.validation`, and the value rules with :class:`ConfigError` in
+:mod:`ccmix.config_rules`; every one of their public names is importable from here too.
+Validation happens before any data is read: every bad value becomes one
 :class:`ConfigError` whose sentence names the parameter, the value and what is
 accepted.
 """
@@ -30,13 +33,15 @@ accepted.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
-import math
 import os
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from types import MappingProxyType
+
+from ccmix.config_rules import ConfigError, Rule, shown_value
 
 DATASETS = ("cifar10", "cifar100", "folder", "imagenet_lt", "inat2018", "places_lt", "synthetic")
 METHODS = ("ce", "la", "cutmix", "bcl", "concutmix")
@@ -71,73 +76,6 @@ MAX_SEED = 2**32 - 1
 # Recipe fields that may still change when a run folder is resumed: a longer or shorter schedule.
 RESUMABLE_RECIPE_FIELDS = ("epochs",)
 
-_UNSET = object()
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class ConfigError(ValueError):
-    """A value that is not accepted. ``str(error)`` is one sentence naming the parameter, the value and what
-    is accepted; the parts are attributes (``field``, ``value``, ``accepted``), so a front end can word the
-    sentence its own way (``with_source``) without reading the text.
-
-    ``ConfigError("free sentence")`` carries a ready-made sentence (``field`` is then None).
-    """
-
-    def __init__(self, message: str | None = None, *, field: str | None = None, value=_UNSET,
-                 accepted: str | None = None, meaning: str = "", problem: str = "is not accepted",
-                 detail: str | None = None, source: str = ""):
-        self.field = field
-        self.value = None if value is _UNSET else value
-        self.has_value = value is not _UNSET
-        self.accepted = accepted
-        self.meaning = meaning
-        self.problem = problem
-        self.detail = detail
-        self.source = source
-        self._message = message
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        if self._message is not None or self.field is None:
-            return self._message or ""
-        subject = f"{self.field}={shown_value(self.value)}" if self.has_value else repr(self.field)
-        prefix = f"{self.source} " if self.source else ""
-        if self.detail is not None:
-            reason = self.detail
-        else:
-            meaning = f"is {self.meaning} and " if self.meaning else ""
-            reason = f"{self.field} {meaning}must be {self.accepted}"
-        return f"{prefix}{subject} {self.problem}; {reason}"
-
-    def parts(self) -> dict:
-        """Return the sentence's parts as a dict (field, value, accepted, problem, detail, source)."""
-        return {"field": self.field, "value": self.value, "accepted": self.accepted, "problem": self.problem,
-                "detail": self.detail, "source": self.source}
-
-    def with_source(self, source: str, problem: str | None = None) -> ConfigError:
-        """Return the same error worded for another front end, e.g. ``"overrides"`` or ``"--set"``."""
-        if self.field is None:
-            return self
-        return ConfigError(field=self.field, value=self.value if self.has_value else _UNSET, accepted=self.accepted,
-                           meaning=self.meaning, problem=problem or self.problem, detail=self.detail, source=source)
-
-    def __reduce__(self):  # picklable across processes (keyword-only parts)
-        return (_rebuild_error, (self._message, {**self.parts(), "meaning": self.meaning,
-                                                 "value": self.value if self.has_value else _UNSET}))
-
-
-def _rebuild_error(message, parts):
-    return ConfigError(message, **parts) if message is not None else ConfigError(**parts)
-
-
-def shown_value(value) -> str:
-    """Return ``value`` as a sentence shows it: repr, with tuples as lists."""
-    if isinstance(value, tuple):
-        value = list(value)
-    return repr(value)
-
 
 # --------------------------------------------------------------------------- field metadata
 
@@ -158,155 +96,6 @@ def spec(default, role: str, help: str, *, choices: tuple | None = None, minimum
     return dataclasses.field(default=default, metadata=MappingProxyType(metadata))
 
 
-@dataclass(frozen=True)
-class Rule:
-    """What one value accepts: its kind, choices or range, whether None is allowed; checks and parses values.
-
-    kind: ``int``, ``float``, ``bool``, ``str``, ``path`` (text naming a file or folder) or ``ints``
-    (an increasing list of integers).
-    """
-
-    kind: str
-    choices: tuple | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    above: float | None = None
-    optional: bool = False
-    meaning: str = ""
-    none_means: str = ""
-
-    def accepted(self, non_finite: bool = False) -> str:
-        """Return what the rule accepts as a noun phrase, e.g. "an integer >= 1" or "one of: a, b"."""
-        if self.choices is not None:
-            text = "one of: " + ", ".join(map(str, self.choices))
-        elif self.kind == "bool":
-            text = "true or false"
-        elif self.kind in ("str", "path"):
-            text = "a path (text)" if self.kind == "path" else "text"
-        else:
-            noun = {"int": "an integer", "float": "a finite number" if non_finite else "a number",
-                    "ints": "a list of increasing integers"}[self.kind]
-            text = noun + self._range_text()
-        if self.optional:
-            text += " or None" + (f" ({self.none_means})" if self.none_means else "")
-        return text
-
-    def _range_text(self) -> str:
-        low, high = self.minimum, self.maximum
-        if low is not None and high is not None:
-            return f" in {int(low)}..{int(high)}" if self.kind == "int" else f" in [{low:g}, {high:g}]"
-        if self.above is not None:
-            return f" > {self.above:g}"
-        if low is not None:
-            return f" >= {low:g}"
-        if high is not None:
-            return f" <= {high:g}"
-        return ""
-
-    def error(self, name: str, value, source: str = "", problem: str = "is not accepted",
-              non_finite: bool = False) -> ConfigError:
-        """Return the ConfigError saying that ``value`` is not accepted for ``name``."""
-        return ConfigError(field=name, value=value, accepted=self.accepted(non_finite=non_finite),
-                           meaning=self.meaning, problem=problem, source=source)
-
-    def check(self, name: str, value, source: str = ""):
-        """Return ``value`` when the rule accepts it as it is (no conversion); raise ConfigError otherwise."""
-        if value is None and self.optional:
-            return value
-        if self.choices is not None:
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool) or value not in self.choices:
-                raise self.error(name, value, source)
-            return value
-        if self.kind == "bool":
-            if not isinstance(value, bool):
-                raise self.error(name, value, source)
-        elif self.kind in ("str", "path"):
-            if not isinstance(value, str) or (self.kind == "path" and not value):
-                raise self.error(name, value, source)
-        elif self.kind == "ints":
-            if not isinstance(value, (tuple, list)) or not all(_is_int(v) for v in value):
-                raise self.error(name, value, source)
-            if any(b <= a for a, b in zip(value, value[1:])) or not all(self._in_range(v) for v in value):
-                raise self.error(name, value, source)
-        else:
-            if not (_is_int(value) if self.kind == "int" else _is_number(value)):
-                raise self.error(name, value, source)
-            if not math.isfinite(value):
-                raise self.error(name, value, source, non_finite=True)
-            if not self._in_range(value):
-                raise self.error(name, value, source)
-        return value
-
-    def _in_range(self, value) -> bool:
-        return ((self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
-                and (self.above is None or value > self.above))
-
-    def coerce(self, name: str, value, source: str = ""):
-        """Return ``value`` converted to the rule's kind (text is parsed, 5.0 -> 5, 5 -> 5.0) and checked;
-        the error sentence shows the value as it was given."""
-        given = value
-        try:
-            return self._coerce(name, value, source)
-        except ConfigError as error:
-            if error.field != name or not error.has_value or error.value is given or isinstance(given, str):
-                raise
-            raise ConfigError(field=name, value=given, accepted=error.accepted, meaning=error.meaning,
-                              problem=error.problem, source=source) from None
-
-    def _coerce(self, name: str, value, source: str):
-        if isinstance(value, str) and self.kind not in ("str", "path"):
-            value = self.parse(name, value, source=source, problem="is not accepted")
-        elif value is not None and not isinstance(value, bool):
-            if self.kind == "int" and isinstance(value, float) and value.is_integer():
-                value = int(value)
-            elif self.kind == "float" and isinstance(value, int):
-                value = float(value)
-            elif self.kind == "ints" and isinstance(value, list):
-                value = tuple(value)
-        if self.kind == "ints" and isinstance(value, tuple) and all(_is_number(v) and float(v).is_integer()
-                                                                     for v in value):
-            value = tuple(int(v) for v in value)
-        if self.kind == "path" and isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        return self.check(name, value, source=source)
-
-    def parse(self, name: str, text: str, source: str = "--set", problem: str = "does not parse"):
-        """Return ``text`` parsed to the rule's kind (fractions such as 20/255 for numbers); ConfigError if not."""
-        stripped = text.strip()
-        if self.optional and stripped.lower() in ("none", "null", ""):
-            return None
-        try:
-            if self.kind == "bool":
-                lowered = stripped.lower()
-                if lowered in ("1", "true", "yes", "on"):
-                    return True
-                if lowered in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(text)
-            if self.kind == "int":
-                return int(stripped)
-            if self.kind == "float":
-                if "/" in stripped:  # omega is written as a fraction in the papers, e.g. 20/255
-                    numerator, denominator = stripped.split("/", 1)
-                    return float(numerator) / float(denominator)
-                return float(stripped)
-            if self.kind == "ints":
-                parts = [p for p in stripped.replace("[", "").replace("]", "").replace("(", "").replace(")", "")
-                         .replace(" ", "").split(",") if p]
-                return tuple(int(p) for p in parts)
-            return text
-        except (ValueError, ZeroDivisionError):
-            accepted = self.accepted() + (" (fractions like 20/255 are fine)" if self.kind == "float" else "")
-            raise ConfigError(field=name, value=text, accepted=accepted, meaning=self.meaning, problem=problem,
-                              source=source) from None
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # --------------------------------------------------------------------------- the config
@@ -400,13 +189,15 @@ class TrainConfig:
                               minimum=0)
     amp: bool = spec(True, RUNTIME, "bf16 autocast, CUDA only")
     channels_last: bool = spec(True, RUNTIME, "channels-last memory format, CUDA only")
-    compile: bool = spec(False, RUNTIME, "torch.compile the model")
+    compile: bool = spec(False, RUNTIME, "torch.compile the training step (model and losses; CUDA graphs on one GPU)")
     deterministic: bool = spec(True, RUNTIME, "deterministic kernels")
     sync_bn: bool | None = spec(None, RUNTIME, "synchronised BatchNorm across processes",
                                 none_means="on when more than one process trains")
     max_steps_per_epoch: int | None = spec(None, RECIPE, "cap on steps an epoch for smoke runs and benchmarks",
                                            minimum=1, none_means="full epochs")
     progress: bool = spec(True, RUNTIME, "show progress bars")
+    log_every: int = spec(50, RUNTIME, "steps between reads of the device: loss finiteness check and progress "
+                          "figures (and at each epoch's end)", minimum=1)
 
     def __post_init__(self):
         if isinstance(self.milestones, list):  # JSON and YAML give lists; the config holds a tuple
@@ -542,96 +333,15 @@ def fields_table() -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- presets
 
 
-# Training precision of the presets (evaluation always runs in fp32). The published runs train in fp32.
-# CIFAR presets keep fp32: ResNet-32 on 32x32 images gains little from bf16, so nothing is traded for speed.
-# ImageNet-scale presets train under bf16 autocast on CUDA (weights, BatchNorm statistics and the losses stay
-# fp32): it roughly halves the time of these 90-180-epoch ResNet-50/152 runs; set amp=False for fp32.
-CIFAR_PRESET_AMP = False
-IMAGENET_PRESET_AMP = True
+def list_files(config: TrainConfig) -> tuple[str, str]:
+    """Return the (train, test) split-file paths of a list dataset."""
+    default_train, default_test = DEFAULT_LIST_FILES[config.dataset]
+    train = config.train_list or os.path.join(config.data_root, default_train)
+    test = config.test_list or os.path.join(config.data_root, default_test)
+    return train, test
 
-
-def _cifar(dataset: str, imb: int, tau: float, topk: int, omega: float, **extra) -> TrainConfig:
-    return TrainConfig(dataset=dataset, imb=float(imb), tau=tau, topk=topk, omega=omega, amp=CIFAR_PRESET_AMP, **extra)
-
-
-def _imagenet(arch: str, epochs: int, l_d_warm: int) -> TrainConfig:
-    return TrainConfig(
-        dataset="imagenet_lt", arch=arch, epochs=epochs, l_d_warm=l_d_warm, schedule="cosine",
-        classifier="cosine", tau=0.99, topk=30, omega=200 / 255, lr=0.1, batch_size=256,
-        weight_decay=5e-4, feat_dim=1024, temperature=0.07, alpha=1.0, beta=0.35, warmup_epochs=0,
-        milestones=(), imb=1.0, amp=IMAGENET_PRESET_AMP,
-    )
-
-
-PRESETS: dict[str, TrainConfig] = {
-    "cifar100_imb100": _cifar("cifar100", 100, 0.9, 30, 20 / 255),
-    "cifar100_imb50": _cifar("cifar100", 50, 0.75, 30, 20 / 255),
-    "cifar100_imb10": _cifar("cifar100", 10, 1.0, 30, 20 / 255),
-    "cifar10_imb100": _cifar("cifar10", 100, 0.85, 3, 2 / 255),
-    "cifar10_imb50": _cifar("cifar10", 50, 0.81, 3, 2 / 255),
-    "cifar10_imb10": _cifar("cifar10", 10, 1.0, 3, 2 / 255),
-    "cifar100_imb100_400": _cifar(
-        "cifar100", 100, 0.79, 30, 20 / 255, epochs=400, warmup_epochs=10, milestones=(360, 380), l_d_warm=160
-    ),
-    "imagenet_lt_resnet50_100": _imagenet("resnet50", 100, 70),
-    "imagenet_lt_resnext50_90": _imagenet("resnext50", 90, 60),
-    "imagenet_lt_resnext50_180": _imagenet("resnext50", 180, 120),
-    "inat2018_resnet50_100": dataclasses.replace(
-        _imagenet("resnet50", 100, 80), dataset="inat2018", lr=0.2, weight_decay=1e-4, omega=1628 / 255,
-        grad_accum_steps=2,
-    ),
-    # Places-LT: the published code reads it and names ResNet-152, but publishes no run script and no number;
-    # the ImageNet-LT ResNet-50 script's settings are used at ResNet-152. Set pretrained=PATH to start from
-    # ImageNet weights, as the published --reload_torch does.
-    "places_lt_resnet152": dataclasses.replace(_imagenet("resnet152", 100, 70), dataset="places_lt"),
-}
-
-# Published top-1 (%) of each preset, for reports that compare against it.
-PUBLISHED_TOP1 = {
-    "cifar100_imb100": 53.16, "cifar100_imb50": 57.40, "cifar100_imb10": 64.53,
-    "cifar10_imb100": 86.07, "cifar10_imb50": 88.00, "cifar10_imb10": 91.42,
-    "cifar100_imb100_400": 55.06, "imagenet_lt_resnet50_100": 58.49,
-    "imagenet_lt_resnext50_90": 59.76, "imagenet_lt_resnext50_180": 60.37,
-}
-# Published many / medium / few top-1 (%), for the presets whose paper reports them.
-PUBLISHED_SHOT_TOP1 = {
-    "cifar100_imb100": {"many": 63.8, "medium": 50.5, "few": 43.8},
-}
-
-
-def preset(name: str) -> TrainConfig:
-    """Return a fresh copy of the named preset's config."""
-    if name not in PRESETS:
-        raise ConfigError(f"preset {name!r} is unknown; accepted: {', '.join(PRESETS)}")
-    return dataclasses.replace(PRESETS[name])
-
-
-def preset_for(dataset: str, imb: float) -> str | None:
-    """Return the name of the published preset for a CIFAR dataset and imbalance, or None."""
-    imb_text = f"{imb:g}"
-    name = f"{dataset}_imb{imb_text}"
-    return name if name in PRESETS else None
-
-
-def presets_table() -> str:
-    """Return a plain-text table of every preset's main settings and its published top-1."""
-    columns = ("preset", "dataset", "arch", "imb", "epochs", "tau", "topk", "omega", "l_d_warm", "published")
-    rows = []
-    for name, cfg in PRESETS.items():
-        published = PUBLISHED_TOP1.get(name)
-        rows.append((
-            name, cfg.dataset, cfg.arch, f"{cfg.imb:g}" if cfg.dataset in PROFILED_DATASETS else "-",
-            str(cfg.epochs), f"{cfg.tau:g}", str(cfg.topk), f"{cfg.omega:.4f}", str(cfg.l_d_warm),
-            f"{published:.2f}" if published is not None else "-",
-        ))
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- comparing configs
@@ -661,28 +371,6 @@ def recipe_differences(a: TrainConfig | Mapping, b: TrainConfig | Mapping,
             and _comparable(first[f.name]) != _comparable(second[f.name])]
 
 
-def matches_preset(config: TrainConfig | Mapping, name: str | None) -> bool:
-    """True when ``config`` equals preset ``name`` in every recipe field (seed and runtime fields may differ)."""
-    return name in PRESETS and not recipe_differences(config, PRESETS[name])
-
-
-def preset_name_for(config: TrainConfig | Mapping, preset: str | None = None) -> str | None:
-    """Return ``preset`` when given, else the first preset ``config`` matches, else None."""
-    if preset is not None:
-        return preset
-    return next((name for name in PRESETS if matches_preset(config, name)), None)
-
-
-def published_top1_for(config: TrainConfig | Mapping, preset: str | None = None) -> float | None:
-    """Return the published top-1 (%) of the preset ``config`` reproduces (``preset`` or the first match), or None."""
-    name = preset_name_for(config, preset)
-    return PUBLISHED_TOP1.get(name) if matches_preset(config, name) else None
-
-
-def preset_record(config: TrainConfig | Mapping, preset: str | None = None) -> dict:
-    """Return ``{"preset": name or None, "published_top1": number or None}`` as a run folder records them."""
-    return {"preset": preset_name_for(config, preset), "published_top1": published_top1_for(config, preset)}
-
 
 def resume_differences(saved: Mapping, requested: TrainConfig) -> list[str]:
     """Return the fields that differ between a run folder's saved config and ``requested`` and may not change
@@ -690,8 +378,6 @@ def resume_differences(saved: Mapping, requested: TrainConfig) -> list[str]:
     return [name for name in recipe_differences(saved, requested, roles=(RECIPE, SEED))
             if name not in RESUMABLE_RECIPE_FIELDS]
 
-
-# --------------------------------------------------------------------------- overrides
 
 
 def check_field_names(values: Mapping, source: str = "parameter") -> None:
@@ -705,152 +391,38 @@ def check_field_names(values: Mapping, source: str = "parameter") -> None:
                               detail="see `python -m ccmix presets --fields` and TrainConfig")
 
 
-def parse_value(key: str, text: str):
-    """Return ``text`` parsed to the type of config field ``key``; ConfigError when it does not parse."""
-    check_field_names({key: text})
-    return field_rule(key).parse(key, text)
 
 
-def apply_overrides(config: TrainConfig, overrides: Mapping, source: str = "") -> TrainConfig:
-    """Return a copy of ``config`` with ``overrides`` applied; text is parsed and numbers converted to the field's
-    type, and each value is checked against its field (``source`` starts the error sentence, e.g. "overrides")."""
-    check_field_names(overrides, source=f"{source} key" if source else "parameter")
-    changes = {key: field_rule(key).coerce(key, value, source=source) for key, value in overrides.items()}
-    return dataclasses.replace(config, **changes)
+# --------------------------------------------------------------------------- names kept importable from here
+
+# The presets and the checks are built on TrainConfig, so their modules import this one; importing them at the
+# top of this module would be a cycle. Their names resolve on first use instead (PEP 562 module __getattr__).
+_MOVED = {
+    "ccmix.presets": ("CIFAR_PRESET_AMP", "IMAGENET_PRESET_AMP", "PRESETS", "PUBLISHED_TOP1", "PUBLISHED_SHOT_TOP1",
+                      "preset", "preset_for", "presets_table", "matches_preset", "preset_name_for",
+                      "published_top1_for", "preset_record"),
+    "ccmix.validation": ("parse_value", "apply_overrides", "parse_set_arguments", "check_parameter", "validate",
+                         "MAX_FOOTPRINT_BYTES", "footprint_bytes", "resolve"),
+}
+_MOVED_TO = {name: module for module, names in _MOVED.items() for name in names}
 
 
-def parse_set_arguments(items: list[str]) -> dict:
-    """Return ``{key: parsed value}`` from ``--set key=value`` strings."""
-    parsed = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r} is not of the form key=value")
-        key, text = item.split("=", 1)
-        parsed[key.strip()] = parse_value(key.strip(), text)
-    return parsed
+def __getattr__(name: str):
+    """Return a preset or validation name from the module that now holds it."""
+    module = _MOVED_TO.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
-# --------------------------------------------------------------------------- validation
-
-
-def check_parameter(name: str, value, *, like: str | None = None, source: str = "parameter", **rule):
-    """Return ``value`` converted and checked for a front-end parameter; ConfigError (one sentence) otherwise.
-
-    ``like`` names the config field whose rule applies (default: ``name`` when it is a field); otherwise
-    ``rule`` gives the :class:`Rule` fields (kind, minimum, optional, none_means, ...). Rule fields given
-    with ``like`` refine the field's rule (e.g. ``optional=True, none_means="the preset's"``).
-    """
-    field = like or (name if name in field_names() else None)
-    base = dataclasses.replace(field_rule(field), **rule) if field else Rule(**rule)
-    return base.coerce(name, value, source=source)
-
-
-def validate(config: TrainConfig) -> TrainConfig:
-    """Return ``config`` unchanged when every value is accepted; raise ConfigError naming the first bad one.
-
-    Only cheap checks (no image is read): every field against its rule (type, choices, range, finite),
-    then the relations between fields, the data paths of folder and list datasets, and top-k.
-    """
-    if not isinstance(config, TrainConfig):
-        raise ConfigError(f"config={config!r} is not accepted; give a ccmix.config.TrainConfig")
-    for name in field_names():
-        field_rule(name).check(name, getattr(config, name))
-    if config.batch_size % config.grad_accum_steps:
-        raise ConfigError(field="grad_accum_steps", value=config.grad_accum_steps,
-                          accepted=f"a divisor of batch_size={config.batch_size}")
-    if config.few_threshold > config.many_threshold:
-        raise ConfigError(field="few_threshold", value=config.few_threshold,
-                          accepted=f"an integer <= many_threshold={config.many_threshold}")
-    if config.contrastive_views != "sim-sim" and config.resolved_view_recipe != "imagenet":
-        raise ConfigError(field="contrastive_views", value=config.contrastive_views,
-                          detail=f"sim-rand and randstack are published for the imagenet recipe only, and the recipe "
-                                 f"is {config.resolved_view_recipe!r}; use sim-sim")
-    _validate_paths(config)
-    num_classes = config.num_classes
-    if config.topk > num_classes:
-        raise ConfigError(field="topk", value=config.topk,
-                          accepted=f"an integer in 1..{num_classes} (the number of classes)")
-    _validate_footprint(config, num_classes)
-    return config
-
-
-def _validate_paths(config: TrainConfig) -> None:
-    if config.pretrained is not None and not os.path.isfile(config.pretrained):
-        raise ConfigError(field="pretrained", value=config.pretrained, detail="the file does not exist")
-    if config.dataset == "folder":
-        for split in ("train", "test"):
-            path = os.path.join(config.data_root, split)
-            if not os.path.isdir(path):
-                raise ConfigError(field="data_root", value=config.data_root, problem="is not accepted for dataset 'folder'",
-                                  detail=f"it must hold train/<class>/ and test/<class>/ folders and {path!r} does not exist")
-        if config.num_classes < 2:
-            raise ConfigError(field="data_root", value=config.data_root, problem="has fewer than 2 class folders under train/",
-                              detail="a folder dataset needs at least 2 classes")
-    elif config.dataset in LIST_DATASETS:
-        if not os.path.isdir(config.data_root):
-            raise ConfigError(field="data_root", value=config.data_root,
-                              problem=f"is not accepted for dataset {config.dataset!r}", detail="the folder does not exist")
-        for name, path in zip(("train_list", "test_list"), list_files(config)):
-            if not os.path.isfile(path):
-                raise ConfigError(field=name, value=path, detail="the file does not exist")
-
-
-# A rough ceiling on what one training step may need, summed over every device: beyond it a value is a typo.
-MAX_FOOTPRINT_BYTES = 16 * 2**40
-_ACTIVATION_BYTES_PER_PIXEL = 2048  # ResNet activations kept for the backward pass, per input pixel and view
-_WIDEST_HIDDEN = 2048  # the widest encoder output (ResNet-50 / ResNeXt-50)
-_SYNTHETIC_IMAGES_PER_CLASS = 520  # the synthetic dataset's training plus test images of its largest class
-
-
-def footprint_bytes(config: TrainConfig, num_classes: int | None = None) -> dict[str, float]:
-    """Return a rough memory estimate (bytes, all devices together) of one training step, by the field that
-    drives it: ``batch_size`` (activations of three views), ``feat_dim`` (projection head and centres, with
-    gradients and momentum), ``synthetic_classes`` (the in-memory synthetic images and class weights)."""
-    classes = num_classes if num_classes is not None else config.num_classes
-    side = 224 if config.resolved_view_recipe == "imagenet" else 32
-    activations = config.batch_size * 3 * side * side * _ACTIVATION_BYTES_PER_PIXEL
-    head = 4 * 3 * (_WIDEST_HIDDEN * config.feat_dim * 2 + classes * config.feat_dim)
-    classes_bytes = 4 * 3 * classes * _WIDEST_HIDDEN
-    if config.dataset == "synthetic":
-        classes_bytes += classes * _SYNTHETIC_IMAGES_PER_CLASS * side * side * 3
-    return {"batch_size": float(activations), "feat_dim": float(head),
-            "synthetic_classes" if config.dataset == "synthetic" else "dataset": float(classes_bytes)}
-
-
-def _validate_footprint(config: TrainConfig, num_classes: int) -> None:
-    parts = footprint_bytes(config, num_classes)
-    total = sum(parts.values())
-    if total <= MAX_FOOTPRINT_BYTES:
-        return
-    name = max((k for k in parts if k in field_names()), key=parts.__getitem__)
-    raise ConfigError(
-        field=name, value=getattr(config, name),
-        detail=f"a training step would need about {total / 2**40:,.0f} TiB of memory (a rough estimate, mostly "
-               f"from {name}), far beyond any machine; the limit is {MAX_FOOTPRINT_BYTES / 2**40:g} TiB",
-    )
-
-
-def list_files(config: TrainConfig) -> tuple[str, str]:
-    """Return the (train, test) split-file paths of a list dataset."""
-    default_train, default_test = DEFAULT_LIST_FILES[config.dataset]
-    train = config.train_list or os.path.join(config.data_root, default_train)
-    test = config.test_list or os.path.join(config.data_root, default_test)
-    return train, test
-
-
-def resolve(preset_name: str | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Return a validated config: the preset (or the defaults) with ``overrides`` applied."""
-    config = preset(preset_name) if preset_name else TrainConfig()
-    if overrides:
-        config = apply_overrides(config, overrides)
-    return validate(config)
+def __dir__() -> list[str]:
+    """Return this module's names, the re-exported ones included."""
+    return sorted({*globals(), *_MOVED_TO})
 
 
 __all__ = [
-    "ConfigError", "TrainConfig", "Rule", "PRESETS", "PUBLISHED_TOP1", "ROLES", "RECIPE", "SEED", "RUNTIME", "preset",
-    "preset_for", "presets_table", "fields_table", "field_names", "field_role", "field_help", "field_rule",
-    "fields_with_role", "recipe_fields", "recipe_differences", "matches_preset", "preset_name_for",
-    "published_top1_for", "preset_record", "resume_differences", "apply_overrides", "check_parameter", "parse_value",
-    "parse_set_arguments", "validate", "resolve", "list_files", "footprint_bytes", "spec",
-    "PUBLISHED_SHOT_TOP1",
+    "ConfigError", "TrainConfig", "Rule", "ROLES", "RECIPE", "SEED", "RUNTIME", "fields_table", "field_names",
+    "field_role", "field_help", "field_rule", "fields_with_role", "recipe_fields", "recipe_differences",
+    "resume_differences", "list_files", "spec",
+    *_MOVED_TO,
 ]
