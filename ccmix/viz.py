@@ -12,195 +12,45 @@ Figures are built as ``matplotlib.figure.Figure`` objects without pyplot, so
 this module never selects a backend: a notebook shows them inline
 (``display(fig)`` or as a cell's last value) and :func:`save_figure` writes PNG
 and SVG files with whatever backend is active.
+
+Reading run folders lives in :mod:`ccmix.viz_runs` and the CutMix sample panels in
+:mod:`ccmix.viz_samples`; their public names are importable from here too.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import textwrap
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure, SubFigure
-from matplotlib.patches import Rectangle
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ccmix.io import atomic_write
-from ccmix.run_folder import RunFolder
+from ccmix.viz_runs import (
+    GROUP_ORDER,
+    RunRecord,
+    UnusableRun,
+    as_runs,
+    labels_for,
+    load_run,
+    run_labels,
+    run_problem,
+    usable_runs,
+)
+from ccmix.viz_samples import gallery, label_bars, mixed_sample_panel, to_display_image
 
-GROUP_ORDER = ("many", "medium", "few")
 GROUP_COLORS = {"many": "#1f77b4", "medium": "#ff7f0e", "few": "#d62728"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
-
-
-# --------------------------------------------------------------------------- run folders
-
-
-@dataclass
-class RunRecord:
-    """What a run folder holds, read once: config, per-epoch metrics, per-class results, summary."""
-
-    path: Path
-    config: dict = field(default_factory=dict)
-    metrics: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per epoch (metrics.jsonl)
-    per_class: pd.DataFrame | None = None  # per_class.csv, None when the run has not finished
-    summary: dict | None = None  # summary.json, None when absent
-
-    @property
-    def name(self) -> str:
-        """Return the run folder's name."""
-        return self.path.name
-
-
-def load_run(run: str | os.PathLike | RunRecord) -> RunRecord:
-    """Return the :class:`RunRecord` of a run folder (files that are absent stay empty)."""
-    if isinstance(run, RunRecord):
-        return run
-    path = Path(run)
-    if not path.is_dir():
-        raise ValueError(f"run folder {str(path)!r} does not exist")
-    folder = RunFolder(path)
-    config = folder.read_config() or {}
-    metrics = pd.DataFrame.from_records(folder.read_metrics())
-    if not metrics.empty:
-        metrics = metrics.apply(pd.to_numeric, errors="coerce")  # JSON null -> NaN
-    per_class = pd.read_csv(path / "per_class.csv") if (path / "per_class.csv").is_file() else None
-    return RunRecord(path=path, config=config, metrics=metrics, per_class=per_class,
-                     summary=folder.read_summary())
-
-
-def _as_runs(runs) -> list[RunRecord]:
-    if isinstance(runs, (str, os.PathLike, RunRecord)):
-        runs = [runs]
-    records = [load_run(run) for run in runs]
-    if not records:
-        raise ValueError("runs is empty; give at least one run folder")
-    return records
-
-
-def run_labels(runs, exclude: Iterable[str] = ()) -> list[str]:
-    """Return one label per run from the config values that differ between runs, e.g. ``method=la, seed=1``.
-
-    ``exclude`` drops keys (``("seed",)`` gives runs that differ only by seed the same label, so bar
-    charts average them). Runs whose configs agree are labelled by their folder names (or all alike
-    when seeds are excluded).
-    """
-    from ccmix.config import fields_with_role, recipe_fields
-
-    records = _as_runs(runs)
-    # what a run learns and its seed tell runs apart; paths, devices and derived values never do
-    telling = {*recipe_fields(), *fields_with_role("seed"), "preset"} - set(exclude)
-    keys = sorted({key for record in records for key in record.config} & telling)
-    varying = [key for key in keys if len({_hashable(r.config.get(key)) for r in records}) > 1]
-    if not varying:
-        return ["all runs"] * len(records) if exclude else [r.name for r in records]
-    priority = ["method", "dataset", "imb", "preset"]
-    varying.sort(key=lambda k: (priority.index(k) if k in priority else len(priority), k))
-    return [", ".join(f"{key}={_format_value(r.config.get(key))}" for key in varying) for r in records]
 
 
 def _wrap(text: str, width: int = 60) -> str:
     """Return ``text`` broken into lines of at most ``width`` characters (long run labels in titles)."""
     return textwrap.fill(text, width=width, break_long_words=False) if text else text
-
-
-def _hashable(value):
-    return json.dumps(value, sort_keys=True)
-
-
-def _format_value(value) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def _labels_for(records: list[RunRecord], labels: Sequence[str] | None) -> list[str]:
-    if labels is None:
-        return run_labels(records)
-    if len(labels) != len(records):
-        raise ValueError(f"labels has {len(labels)} entries but there are {len(records)} runs")
-    return list(labels)
-
-
-class UnusableRun(ValueError):
-    """A run folder the analysis cannot use; the message is one sentence naming it and saying why."""
-
-
-# what a run's config.json must hold for its figures and tables to mean anything
-_REQUIRED_CONFIG_KEYS = ("method", "dataset", "imb", "seed", "num_classes", "train_class_counts")
-
-
-def run_problem(run) -> str | None:
-    """Return why a run folder cannot be analysed, as one sentence naming it, or None when it can: not
-    completed (failed, diverged, still running), non-finite results, or a missing or inconsistent config."""
-    folder = Path(getattr(run, "path", run))
-    for filename in ("config.json", "summary.json"):  # checked here: a reader may take a damaged file for none
-        if (folder / filename).is_file() and not _is_json(folder / filename):
-            return f"run {folder.name!r} has a {filename} that cannot be read as JSON"
-    try:
-        record = load_run(run)
-    except (ValueError, OSError) as error:  # a missing folder, or a damaged CSV file
-        return f"run {str(folder)!r} cannot be read ({error})"
-    name = f"run {record.name!r}"
-    if not record.config:
-        return f"{name} has no config.json"
-    if record.summary is None:
-        return f"{name} has no summary.json (it has not finished an epoch)"
-    status = record.summary.get("status")
-    if status != "completed":
-        error = record.summary.get("error")
-        return f"{name} is {status or 'of unknown status'}" + (f": {error}" if error else "")
-    missing = [key for key in _REQUIRED_CONFIG_KEYS if key not in record.config]
-    if missing:
-        return f"{name} has a config.json without {', '.join(missing)}"
-    counts = record.config["train_class_counts"]
-    if not isinstance(counts, list) or len(counts) != record.config["num_classes"]:
-        return f"{name} has a config.json whose train_class_counts do not list its num_classes classes"
-    disagreeing = [key for key in ("method", "dataset", "seed")
-                   if key in record.summary and record.summary[key] != record.config[key]]
-    if disagreeing:
-        return f"{name} has a summary.json that disagrees with its config.json on {', '.join(disagreeing)}"
-    for which in ("final", "best"):
-        result = record.summary.get(which) or {}
-        if result.get("top1") is None:
-            return f"{name} has no {which} top-1 in summary.json"
-        bad = [key for key in ("top1", *GROUP_ORDER) if result.get(key) is not None
-               and not (isinstance(result[key], (int, float)) and np.isfinite(result[key]))]
-        if bad:
-            return f"{name} has non-finite {which} {', '.join(bad)} in summary.json"
-    if record.per_class is not None and "accuracy" in record.per_class:
-        accuracy = pd.to_numeric(record.per_class["accuracy"], errors="coerce")
-        if np.isinf(accuracy).any():
-            return f"{name} has non-finite per-class accuracies in per_class.csv"
-    return None
-
-
-def _is_json(path: Path) -> bool:
-    try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def usable_runs(runs, report=print) -> list[RunRecord]:
-    """Return the :class:`RunRecord` of every run the analysis can use, in order; each other run is skipped
-    with one sentence passed to ``report`` (default: printed)."""
-    if isinstance(runs, (str, os.PathLike, RunRecord)):
-        runs = [runs]
-    usable = []
-    for run in runs:
-        problem = run_problem(run)
-        if problem is not None:
-            report(f"skipped: {problem}")
-            continue
-        usable.append(load_run(run))
-    return usable
 
 
 # --------------------------------------------------------------------------- saving
@@ -233,8 +83,8 @@ def save_figure(fig: Figure, figures_dir: str | os.PathLike, name: str, dpi: int
 def learning_curves(runs, labels: Sequence[str] | None = None) -> Figure:
     """Return the learning curves: loss, train/test top-1, many/medium/few and lr per epoch (one run),
     or loss and test top-1 per run (several runs)."""
-    records = _as_runs(runs)
-    names = _labels_for(records, labels)
+    records = as_runs(runs)
+    names = labels_for(records, labels)
     if len(records) == 1:
         return _single_run_curves(records[0], names[0])
     fig = Figure(figsize=(11, 4), layout="constrained")
@@ -306,8 +156,8 @@ def shot_table(runs, labels: Sequence[str] | None = None, which: str = "final") 
     """Return a long table (run, label, group, accuracy) of the summary's all/many/medium/few top-1 (%)."""
     if which not in ("final", "best"):
         raise ValueError(f"which={which!r} is not accepted; choose final or best")
-    records = _as_runs(runs)
-    names = _labels_for(records, labels)
+    records = as_runs(runs)
+    names = labels_for(records, labels)
     rows = []
     for record, name in zip(records, names):
         result = (record.summary or {}).get(which) or {}
@@ -379,8 +229,8 @@ def reproduction(results: pd.DataFrame) -> Figure:
 def per_class_vs_count(runs, labels: Sequence[str] | None = None) -> Figure:
     """Return per-class test accuracy (%) against training images per class (log x), one colour per run
     (one run: coloured by many/medium/few), with the shot thresholds marked."""
-    records = [r for r in _as_runs(runs)]
-    names = _labels_for(records, labels)
+    records = [r for r in as_runs(runs)]
+    names = labels_for(records, labels)
     fig = Figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.subplots()
     drawn = False
@@ -443,8 +293,8 @@ def confused_pairs(runs=None, *, preds=None, labels=None, class_names: Sequence[
     (from predictions.npz), or one panel for the given ``preds`` and ``labels`` arrays."""
     panels = []
     if runs is not None:
-        records = _as_runs(runs)
-        titles = _labels_for(records, run_names)
+        records = as_runs(runs)
+        titles = labels_for(records, run_names)
         for record, title in zip(records, titles):
             npz = record.path / "predictions.npz"
             if not npz.is_file():
@@ -534,122 +384,10 @@ def tsne_of_run(run, max_items: int | None = 2000, seed: int = 0, title: str | N
                         title=title or f"t-SNE of test {space}: {record.name}")
 
 
-# --------------------------------------------------------------------------- CutMix samples
-
-
-def to_display_image(image, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
-    """Return an (H, W, 3) float array in [0, 1] from a (3, H, W) or (H, W, 3) tensor/array (uint8, or float
-    normalised with ``mean``/``std``, or float in [0, 1]) or a PIL image."""
-    if hasattr(image, "detach"):
-        image = image.detach().cpu().numpy()
-    array = np.asarray(image)
-    if array.ndim != 3:
-        raise ValueError(f"an image must have 3 dimensions (3, H, W) or (H, W, 3); got shape {array.shape}")
-    if array.shape[0] == 3 and array.shape[-1] != 3:
-        array = array.transpose(1, 2, 0)
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    array = array.astype(np.float32)
-    if mean is not None and std is not None:
-        array = array * np.asarray(std, dtype=np.float32) + np.asarray(mean, dtype=np.float32)
-    return np.clip(array, 0.0, 1.0)
-
-
-def _outline(ax, box, color: str = "yellow") -> None:
-    top, left, bottom, right = (int(v) for v in box)
-    if bottom > top and right > left:
-        ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor=color,
-                               linewidth=2))
-
-
-def mixed_sample_panel(background, foreground, mixed, box: Sequence[int] | None = None,
-                       titles: Sequence[str] = ("background A", "foreground B", "mixed"),
-                       mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                       fig: Figure | SubFigure | None = None) -> Figure | SubFigure:
-    """Return background, foreground and mixed image side by side; ``box`` (top, left, bottom, right) in
-    pixels is outlined on the foreground (the region taken) and on the mixed image (where it went).
-    ``fig`` draws into an existing figure or subfigure instead of a new one."""
-    fig = fig if fig is not None else Figure(figsize=(9, 3.4), layout="constrained")
-    axes = fig.subplots(1, 3)
-    for ax, image, title, outlined in zip(axes, (background, foreground, mixed), titles, (False, True, True)):
-        ax.imshow(to_display_image(image, mean, std), interpolation="nearest")
-        if outlined and box is not None:
-            _outline(ax, box)
-        ax.set_title(title, fontsize="medium")
-        ax.set_axis_off()
-    return fig
-
-
-def label_bars(area_label, semantic_label, final_label, class_names: Sequence[str] | None = None, top: int = 10,
-               lam: float | None = None, rho: float | None = None, weight: float | None = None,
-               fig: Figure | SubFigure | None = None) -> Figure | SubFigure:
-    """Return bar charts of the area, semantic (top-k similarity) and final label (each (C,)) over the
-    ``top`` classes that weigh most in any of them, with lambda, rho and rho*omega in the title.
-    ``fig`` draws into an existing figure or subfigure instead of a new one."""
-    area, semantic, final = (np.asarray(_to_numpy(v), dtype=np.float64).reshape(-1)
-                             for v in (area_label, semantic_label, final_label))
-    num_classes = area.shape[0]
-    names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
-    weight_order = np.argsort(-np.maximum.reduce([area, semantic, final]), kind="stable")
-    shown = weight_order[: min(top, num_classes)]
-    shown = shown[np.argsort(-final[shown], kind="stable")]
-    fig = fig if fig is not None else Figure(figsize=(12, 3.6), layout="constrained")
-    axes = fig.subplots(1, 3, sharey=True)
-    panels = (("area label", area, "C0"), ("semantic label (top-k similarity)", semantic, "C2"),
-              ("final label", final, "C3"))
-    positions = np.arange(len(shown))
-    for ax, (title, values, color) in zip(axes, panels):
-        ax.bar(positions, values[shown], color=color)
-        ax.set_xticks(positions, [names[c] for c in shown], rotation=60, ha="right", fontsize="small")
-        ax.set_title(title, fontsize="medium")
-        for x, value in zip(positions, values[shown]):
-            if value > 0:
-                ax.text(x, value, f"{value:.3f}", ha="center", va="bottom", fontsize="xx-small")
-    axes[0].set_ylabel("probability")
-    parts = []
-    if lam is not None:
-        parts.append(f"λ = {lam:.3f}")
-    if rho is not None:
-        parts.append(f"ρ = {rho:.4f}")
-    if weight is not None:
-        parts.append(f"ρ·ω = {weight:.5f}")
-    if parts:
-        fig.suptitle("   ".join(parts))
-    return fig
-
-
-def _to_numpy(value):
-    if hasattr(value, "detach"):
-        return value.detach().cpu().numpy()
-    return value
-
-
-def gallery(images, titles: Sequence[str], ncols: int = 4, boxes: Sequence[Sequence[int]] | None = None,
-            mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Figure:
-    """Return a grid of images ((B, 3, H, W) or a list) with one title each and optional boxes outlined."""
-    count = len(images)
-    if count == 0:
-        raise ValueError("images is empty; give at least one image")
-    if len(titles) != count:
-        raise ValueError(f"titles has {len(titles)} entries but there are {count} images")
-    ncols = max(1, min(ncols, count))
-    nrows = -(-count // ncols)
-    fig = Figure(figsize=(2.6 * ncols, 2.9 * nrows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(nrows, ncols)).reshape(-1)
-    for index, ax in enumerate(axes):
-        ax.set_axis_off()
-        if index >= count:
-            continue
-        ax.imshow(to_display_image(images[index], mean, std), interpolation="nearest")
-        if boxes is not None:
-            _outline(ax, boxes[index])
-        ax.set_title(titles[index], fontsize="x-small")
-    return fig
-
-
 __all__ = [
     "RunRecord", "UnusableRun", "confused_pairs", "confused_pairs_table", "gallery", "label_bars", "learning_curves",
     "load_run", "mixed_sample_panel", "per_class_vs_count", "reproduction", "run_labels", "run_problem",
     "save_figure", "shot_bars", "shot_table", "to_display_image", "tsne_embedding", "tsne_of_run", "tsne_scatter",
     "usable_runs",
 ]
+
