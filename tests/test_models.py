@@ -99,9 +99,18 @@ def test_centres_are_the_centre_head_applied_to_weight_rows_in_train_mode(classi
     weight = model.classifier.weight
     assert weight.shape == (9, 64)
     output = model(torch.randn(2, 3, 16, 16))
-    reference = model.center_head(weight)
-    assert torch.allclose(output.centers_raw, reference)
+    # g_c written out from its parameters: Linear -> BatchNorm over the 9 rows (batch statistics, biased
+    # variance) -> ReLU -> Linear
+    first, last = [m for m in model.center_head.modules() if isinstance(m, torch.nn.Linear)]
+    (norm,) = [m for m in model.center_head.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    with torch.no_grad():
+        hidden = weight @ first.weight.t() + first.bias
+        hidden = (hidden - hidden.mean(dim=0)) / torch.sqrt(hidden.var(dim=0, unbiased=False) + norm.eps)
+        hidden = torch.relu(hidden * norm.weight + norm.bias)
+        expected = hidden @ last.weight.t() + last.bias
     assert output.centers_raw.shape == (9, 128)
+    assert torch.allclose(output.centers_raw, expected, atol=1e-5)
+    assert torch.allclose(output.centers, expected / expected.norm(dim=1, keepdim=True), atol=1e-5)
 
 
 def test_channels_last_input_gives_the_same_outputs():

@@ -55,6 +55,14 @@ def expected_labels(model, mixed, y_a, y_b, lam, class_counts, topk, omega):
     return area, semantic, rho, weight, final
 
 
+def expected_box(lam: float, center_y: int, center_x: int, size: int = 32) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of a CutMix box on a size x size image: side floor(size * sqrt(1 - lam)),
+    half of it (rounded down) on each side of the centre, clipped to the image."""
+    half = math.floor(size * math.sqrt(1.0 - lam)) // 2
+    clip = lambda v: min(max(v, 0), size)  # noqa: E731
+    return clip(center_y - half), clip(center_x - half), clip(center_y + half), clip(center_x + half)
+
+
 def test_box_at_follows_the_sample_boxes_geometry():
     assert box_tuple(box_at(0.75, 16, 16, 32, 32)) == (8, 8, 24, 24)  # side floor(32 * 0.5) = 16
     assert box_tuple(box_at(0.75, 0, 0, 32, 32)) == (0, 0, 8, 8)  # clipped at the corner
@@ -143,8 +151,8 @@ def test_random_box_button_uses_sample_boxes(explorer_inputs):
     top, left, bottom, right = state.box
     assert state.result["lam"] == pytest.approx(1.0 - (bottom - top) * (right - left) / 1024)
     state.widgets["lam"].value = 0.5 if state.widgets["lam"].value != 0.5 else 0.6  # a slider defines the box again
-    assert state.box == box_tuple(box_at(state.widgets["lam"].value, state.widgets["center_y"].value,
-                                         state.widgets["center_x"].value, 32, 32))
+    assert state.box == expected_box(state.widgets["lam"].value, state.widgets["center_y"].value,
+                                     state.widgets["center_x"].value)
 
 
 def test_stream_button_picks_from_the_streams(explorer_inputs):
