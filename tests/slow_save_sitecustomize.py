@@ -1,14 +1,45 @@
-"""Test helper, installed as ``sitecustomize`` in a test's own folder: makes one checkpoint write hang half-way.
+"""Test helper, installed as ``sitecustomize`` in a test's own folder: stops a training process at a known point.
 
 The reliability tests put a copy of this file, named ``sitecustomize.py``, first on the
-``PYTHONPATH`` of a training subprocess, so Python imports it at start-up. When
-``SLOW_SAVE_MATCH`` is set it wraps ``torch.save``: the ``SLOW_SAVE_NTH``-th save whose
-target file name contains ``SLOW_SAVE_MATCH`` writes the first half of its bytes, flushes
-them, writes the target's name to ``SLOW_SAVE_MARKER`` and sleeps, so the test can kill
-the process while the checkpoint is being written. The product code knows nothing of it.
+``PYTHONPATH`` of a training subprocess, so Python imports it at start-up. Two hooks, each
+switched on by environment variables; the product code knows nothing of them.
+
+* ``SLOW_SAVE_MATCH``: wraps ``torch.save``; the ``SLOW_SAVE_NTH``-th save whose target
+  file name contains ``SLOW_SAVE_MATCH`` writes the first half of its bytes, flushes them,
+  writes the target's name to ``SLOW_SAVE_MARKER`` and sleeps, so the test can kill the
+  process while the checkpoint is being written.
+* ``PAUSE_AFTER_REPLACE``: wraps ``os.replace`` and ``os.rename``; right after the
+  ``PAUSE_AFTER_NTH``-th rename onto a file named exactly ``PAUSE_AFTER_REPLACE`` (the
+  moment that file is complete), writes its name to ``PAUSE_MARKER`` and sleeps, so the
+  test kills the process at that point and not at whatever point it has raced on to.
 """
 
 import os
+
+if os.environ.get("PAUSE_AFTER_REPLACE"):
+    import time
+
+    _PAUSE_NAME = os.environ["PAUSE_AFTER_REPLACE"]
+    _PAUSE_NTH = int(os.environ.get("PAUSE_AFTER_NTH", "1"))
+    _PAUSE_MARKER = os.environ["PAUSE_MARKER"]
+    _renames = 0
+
+    def _pausing(real):
+        def rename(source, target, *args, **kwargs):
+            global _renames
+            result = real(source, target, *args, **kwargs)
+            if os.path.basename(os.fsdecode(target)) == _PAUSE_NAME:
+                _renames += 1
+                if _renames == _PAUSE_NTH:
+                    with open(_PAUSE_MARKER, "w") as marker:
+                        marker.write(_PAUSE_NAME)
+                    time.sleep(600)
+            return result
+
+        return rename
+
+    os.replace = _pausing(os.replace)
+    os.rename = _pausing(os.rename)
 
 if os.environ.get("SLOW_SAVE_MATCH"):
     import io

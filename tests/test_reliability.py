@@ -150,10 +150,13 @@ def test_sigkill_mid_epoch_and_mid_checkpoint_write_then_resume_matches_an_unint
     # the uninterrupted run trains alongside the interrupted one (one thread each)
     baseline = start(train_command(baseline_dir), env, tmp_path / "baseline.log", started)
 
-    # 1. killed during epoch 2, right after the first checkpoint appeared
+    # 1. killed right after the first checkpoint is complete: the helper holds the process there (it renamed
+    # epoch 1's last.pt into place and has not gone on), so the kill cannot land anywhere else
     log = tmp_path / "run1.log"
-    run = start(train_command(resumed_dir), env, log, started)
-    wait_until(lambda: (resumed_dir / "last.pt").exists(), run, log)
+    paused = tmp_path / "paused"
+    pause_env = subprocess_env(helper_dir, PAUSE_AFTER_REPLACE="last.pt", PAUSE_AFTER_NTH="1", PAUSE_MARKER=str(paused))
+    run = start(train_command(resumed_dir), pause_env, log, started)
+    wait_until(paused.exists, run, log)
     kill(run)
     assert checkpoint_epoch(resumed_dir / "last.pt") == 1
     assert [r["epoch"] for r in metric_records(resumed_dir)] == [1]
