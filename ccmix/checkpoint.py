@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from ccmix.errors import ShownAsSentence
 from ccmix.io import atomic_write
 
 FORMAT = "ccmix.checkpoint/1"
@@ -41,7 +42,7 @@ REQUIRED_KEYS = ("config", "epoch", "num_classes", "model")
 _DIGEST_KEY = "digest"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ShownAsSentence, RuntimeError):
     """A checkpoint that cannot be used; the message names the file and what is wrong."""
 
 

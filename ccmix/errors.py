@@ -19,8 +19,20 @@ import os
 import re
 
 
-class RunFailed(RuntimeError):
+class ShownAsSentence:
+    """Mixin for errors whose message is the whole story: IPython and Jupyter show ``error: <sentence>`` for
+    them instead of a traceback (through IPython's ``_render_traceback_`` hook); plain Python is unchanged."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"error: {self}"]
+
+
+class RunFailed(ShownAsSentence, RuntimeError):
     """A run stopped on a recognised fault (disk, memory); the message is the sentence for the user."""
+
+
+class DataError(ShownAsSentence, ValueError):
+    """A data file or folder that cannot be used; the message names it (also when a DataLoader worker read it)."""
 
 
 _WORKER_PREFIX = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.")
@@ -33,10 +45,12 @@ def original_message(error: BaseException) -> str:
         return text
     name = _WORKER_PREFIX.match(text).group(1)
     lines = [line for line in text.splitlines() if line.strip()]
-    for index in range(len(lines) - 1, -1, -1):  # the last "<Type>: message" line of the worker's traceback
-        prefix = f"{name}: "
-        if lines[index].startswith(prefix):
-            return " ".join([lines[index][len(prefix):], *(line.strip() for line in lines[index + 1:])])
+    # the last "<module.>Type: message" line of the worker's traceback
+    last_line = re.compile(rf"^(?:[\w.]+\.)?{re.escape(name)}: ")
+    for index in range(len(lines) - 1, -1, -1):
+        found = last_line.match(lines[index])
+        if found:
+            return " ".join([lines[index][found.end():], *(line.strip() for line in lines[index + 1:])])
     return lines[-1].strip() if lines else text
 
 
@@ -98,8 +112,8 @@ def as_user_error(error: BaseException, folder: str | os.PathLike | None = None)
     if sentence is None:
         return None
     if isinstance(error, (ValueError, FileNotFoundError)):  # data: a missing file, an unreadable image
-        return error if str(error) == sentence else ValueError(sentence)
+        return error if isinstance(error, ShownAsSentence) and str(error) == sentence else DataError(sentence)
     return RunFailed(sentence)
 
 
-__all__ = ["RunFailed", "original_message", "os_error_sentence", "failure_sentence", "as_user_error"]
+__all__ = ["ShownAsSentence", "RunFailed", "DataError", "original_message", "os_error_sentence", "failure_sentence", "as_user_error"]

@@ -23,10 +23,12 @@ import threading
 
 import torch
 
+from ccmix.errors import ShownAsSentence
+
 STOP_SIGNALS = ("SIGINT", "SIGTERM")
 
 
-class TrainingInterrupted(KeyboardInterrupt):
+class TrainingInterrupted(ShownAsSentence, KeyboardInterrupt):
     """Training stopped at a step boundary on SIGINT or SIGTERM; ``exit_status`` is 128 + the signal number."""
 
     def __init__(self, message: str, signal_number: int):
@@ -36,6 +38,9 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "training was interrupted"
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"interrupted: {self}"]
 
 
 class StopRequests:

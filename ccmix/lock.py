@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 
 from ccmix.config import ConfigError
+from ccmix.errors import ShownAsSentence
 
 LOCK_NAME = ".ccmix.lock"
 
@@ -34,7 +35,7 @@ except ImportError:  # Windows
     fcntl = None
 
 
-class RunFolderBusy(ConfigError):
+class RunFolderBusy(ShownAsSentence, ConfigError):
     """Another live process holds the run folder; the message names it."""
 
 

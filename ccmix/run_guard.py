@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ccmix.checkpoint import CheckpointError
 from ccmix.config import ConfigError, TrainConfig, resume_differences
-from ccmix.errors import RunFailed, as_user_error, original_message
+from ccmix.errors import RunFailed, ShownAsSentence, as_user_error, original_message
 from ccmix.interrupt import TrainingInterrupted, stop_requests
 from ccmix.io import read_json
 from ccmix.lock import RunFolderBusy, RunFolderLock
@@ -40,7 +40,7 @@ RESULT_FILES = ("best.pt", "per_class.csv", "predictions.npz")  # what a run tha
 RUN_FILES = (CONFIG, SUMMARY, METRICS, *CHECKPOINTS, *RESULT_FILES, "last.pt.damaged")
 
 
-class RunFolderConflict(ConfigError):
+class RunFolderConflict(ShownAsSentence, ConfigError):
     """The run folder holds another run, or results that this training would overwrite."""
 
 

@@ -332,3 +332,25 @@ def test_sigterm_under_torchrun_stops_every_process_at_the_same_step(tmp_path):
     assert summary["epochs_completed"] == int(ckpt.load_checkpoint(out / "last.pt")["epoch"]) >= 1
     stopped = [line for line in (out / "launch.log").read_text().splitlines() if line.startswith("interrupted: ")]
     assert len(stopped) == 2 and stopped[0] == stopped[1]  # the same epoch and step on both processes
+
+
+def test_in_a_notebook_a_fault_is_one_sentence_not_a_traceback(tmp_path):
+    """IPython (and so Jupyter and papermill) shows ccmix's faults as ``error: <sentence>`` alone."""
+    import subprocess
+    import sys
+
+    data, out = tmp_path / "data", tmp_path / "run"
+    write_tree(data)
+    odd = data / "test" / "ant" / "02.png"
+    Image.new("RGB", (48, 40)).save(odd)
+    cell = ("import ccmix\nfrom ccmix.config import TrainConfig\n"
+            f"ccmix.fit(TrainConfig(dataset='folder', data_root={str(data)!r}, imb=1.0, topk=2, epochs=1, "
+            f"batch_size=8, num_workers=0, device='cpu', progress=False), {str(out)!r})")
+    script = ("from IPython.core.interactiveshell import InteractiveShell\n"
+              f"InteractiveShell.instance().run_cell({cell!r})\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    shown = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert shown == [f"error: image file {str(odd)!r} is 48x40 pixels and view_recipe 'cifar' takes 32x32 images; "
+                     "resize them, or use view_recipe=imagenet, which resizes any size"], shown
+    assert read_summary(out)["status"] == "failed"

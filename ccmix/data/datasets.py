@@ -37,6 +37,7 @@ from ccmix.config import FIXED_NUM_CLASSES, LIST_DATASETS, PROFILED_DATASETS, Tr
 from ccmix.data.longtail import longtail_indices
 from ccmix.data.synthetic import TEST_PER_CLASS, TRAIN_PER_CLASS, synthetic_class_names, synthetic_split
 from ccmix.data.views import CIFAR_SIZE, test_view
+from ccmix.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -154,9 +155,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _unreadable(path: str, exc: BaseException) -> ValueError:
+def _unreadable(path: str, exc: BaseException) -> DataError:
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return ValueError(f"image file {path!r} could not be read ({type(exc).__name__}: {reason}); replace or remove it")
+    return DataError(f"image file {path!r} could not be read ({type(exc).__name__}: {reason}); replace or remove it")
 
 
 def read_rgb(path: str) -> Image.Image:
@@ -192,7 +193,7 @@ def check_image_sizes(dataset: LabelledImages, size: int, recipe: str, threads: 
     if wrong:
         width, height = sizes[wrong[0]]
         others = f" (and {len(wrong) - 1} other images)" if len(wrong) > 1 else ""
-        raise ValueError(
+        raise DataError(
             f"image file {dataset.paths[wrong[0]]!r} is {width}x{height} pixels{others} and view_recipe {recipe!r} "
             f"takes {size}x{size} images; resize them, or use view_recipe=imagenet, which resizes any size"
         )
@@ -248,7 +249,7 @@ def decode_files(paths: Sequence[str], chunk_size: int = 1024) -> torch.Tensor:
             if stacked is None:
                 stacked = torch.empty((len(paths), *pixels.shape), dtype=torch.uint8)
             elif pixels.shape != stacked.shape[1:]:
-                raise ValueError(
+                raise DataError(
                     f"image file {chunk[offset]!r} is {pixels.shape[2]}x{pixels.shape[1]} pixels but "
                     f"{paths[0]!r} is {stacked.shape[3]}x{stacked.shape[2]}; one uint8 tensor needs one image size"
                 )
@@ -338,9 +339,9 @@ def cifar_dataset(name: str, root: str, train: bool) -> ArrayImages:
 # --------------------------------------------------------------------------- image folders
 
 
-def _folder_error(path: str, exc: OSError) -> ValueError:
+def _folder_error(path: str, exc: OSError) -> DataError:
     what = "a symbolic link that leads back to itself" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
-    return ValueError(f"{path!r} cannot be read ({what}); fix or remove it")
+    return DataError(f"{path!r} cannot be read ({what}); fix or remove it")
 
 
 def _entry_is(entry: os.DirEntry, kind: str) -> bool:
@@ -377,22 +378,22 @@ def folder_dataset(root: str, split: str, classes: Sequence[str] | None = None) 
     """
     split_dir = os.path.join(root, split)
     if not os.path.isdir(split_dir):
-        raise ValueError(f"folder dataset root {root!r} has no {split}/ folder; expected {split}/<class>/<images>")
+        raise DataError(f"folder dataset root {root!r} has no {split}/ folder; expected {split}/<class>/<images>")
     found = _class_folders(split_dir)
     if classes is None:
         classes = found
         if not classes:
-            raise ValueError(f"folder {split_dir!r} has no class folders; expected {split}/<class>/<images>")
+            raise DataError(f"folder {split_dir!r} has no class folders; expected {split}/<class>/<images>")
     else:
         unknown = sorted(set(found) - set(classes))
         if unknown:
-            raise ValueError(f"class folder {os.path.join(split_dir, unknown[0])!r} has no counterpart in train/")
+            raise DataError(f"class folder {os.path.join(split_dir, unknown[0])!r} has no counterpart in train/")
     paths, targets = [], []
     for label, name in enumerate(classes):
         class_dir = os.path.join(split_dir, name)
         files = _image_files(class_dir) if os.path.lexists(class_dir) else []
         if not files and split == "train":
-            raise ValueError(f"class folder {class_dir!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(f"class folder {class_dir!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
         paths += files
         targets += [label] * len(files)
     return FileImages(paths, targets, classes, root=root)
@@ -421,14 +422,14 @@ def read_list_file(path: str, num_classes: int) -> tuple[list[str], list[int]]:
                 except ValueError:
                     label = None
             if label is None or not 0 <= label < num_classes:
-                raise ValueError(
+                raise DataError(
                     f"{path}, line {number}: {text!r} is not 'relative/path label' with an integer label "
                     f"in 0..{num_classes - 1}"
                 )
             paths.append(parts[0])
             labels.append(label)
     if not paths:
-        raise ValueError(f"split file {path!r} lists no images")
+        raise DataError(f"split file {path!r} lists no images")
     return paths, labels
 
 
