@@ -19,374 +19,55 @@ and our gap to it. The methods compared are those of Contrastive CutMix (Pan et 
 "Enhanced Long-Tailed Recognition with Contrastive CutMix Augmentation", IEEE TIP
 2024) and its baselines (logit adjustment: Menon et al., ICLR 2021; BCL: Zhu et al.,
 CVPR 2022).
+
+The plan and the reuse of run folders live in :mod:`ccmix.sweep_plan`, the tables of
+results in :mod:`ccmix.sweep_results`; their public names are importable from here too.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import itertools
-import json
 import os
-import shutil
 import sys
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from ccmix.config import ConfigError, TrainConfig
-from ccmix.io import write_text
-from ccmix.notebook_params import (
-    NOTEBOOK_PARAMETERS,
-    check_notebook_parameters,
-    find_repo_root,
-    resolve_train_parameters,
-)
+from ccmix.config import ConfigError
+from ccmix.notebook_params import NOTEBOOK_PARAMETERS, find_repo_root
 from ccmix.run_folder import RunFolder
+from ccmix.sweep_plan import GRID_KEYS as GRID_KEYS  # re-exported: kept importable from here
+from ccmix.sweep_plan import REPLACED_DIR as REPLACED_DIR
+from ccmix.sweep_plan import (
+    PlannedRun,
+    check_reuse,
+    differences_text,
+    grid_points,
+    is_completed,
+    move_aside,
+    plan_sweep,
+    reuse_differences,
+)
+from ccmix.sweep_results import GAP_COLUMNS as GAP_COLUMNS
+from ccmix.sweep_results import METRIC_COLUMNS as METRIC_COLUMNS
+from ccmix.sweep_results import PER_RUN_COLUMNS as PER_RUN_COLUMNS
+from ccmix.sweep_results import PUBLISHED_COLUMNS as PUBLISHED_COLUMNS
+from ccmix.sweep_results import SHOT_KEYS as SHOT_KEYS
+from ccmix.sweep_results import (
+    collect_results,
+    format_mean_std,
+    per_run_view,
+    published_results,
+    reproduction_table,
+    run_folders,
+    run_row,
+    setting_columns,
+    summarize_runs,
+    write_results,
+)
 
-GRID_KEYS = ("method", "imb", "seed")
 LAUNCHERS = ("local", "slurm", "papermill")
-METRIC_COLUMNS = ("final_top1", "best_top1", "final_many", "final_medium", "final_few")
-SHOT_KEYS = ("top1", "many", "medium", "few")
-PUBLISHED_COLUMNS = tuple(f"published_{key}" for key in SHOT_KEYS)
-GAP_COLUMNS = ("gap_final_top1", "gap_best_top1")  # ours minus published, percentage points
-REPLACED_DIR = "replaced"  # runs_dir/replaced/<run>-<time>: run folders moved aside by redo_mismatched
-_RESULT_COLUMNS = ("run", "path", "status", "epochs_completed", "final_epoch", "final_top1", "final_many",
-                   "final_medium", "final_few", "best_epoch", "best_top1", "best_many", "best_medium", "best_few",
-                   *PUBLISHED_COLUMNS, *GAP_COLUMNS, "train_seconds", "error")
-
-
-# --------------------------------------------------------------------------- the paper's numbers
-
-
-def differences_text(saved: dict, requested: dict, roles: tuple[str, ...] = ("recipe", "seed")) -> list[str]:
-    """Return "field (saved X, requested Y)" for every field of ``roles`` on which the config dicts differ."""
-    from ccmix.config import recipe_differences
-
-    return [f"{name} (saved {_comparable(saved[name])!r}, requested {_comparable(requested[name])!r})"
-            for name in recipe_differences(saved, requested, roles=roles)]
-
-
-def _comparable(value):
-    return list(value) if isinstance(value, tuple) else value
-
-
-def published_results(config: dict) -> dict[str, float | None]:
-    """Return the published top-1 and many/medium/few (%) of the preset a recorded config reproduces (any seed),
-    as ``{"top1": ..., "many": ..., "medium": ..., "few": ...}``; None where nothing is published or no preset
-    is reproduced."""
-    from ccmix.config import PUBLISHED_SHOT_TOP1, matches_preset, preset_name_for, published_top1_for
-
-    recorded = config.get("preset")
-    name = preset_name_for(config, recorded if isinstance(recorded, str) else None)
-    if not matches_preset(config, name):
-        return dict.fromkeys(SHOT_KEYS)
-    shots = PUBLISHED_SHOT_TOP1.get(name, {})
-    return {"top1": published_top1_for(config, name), **{key: shots.get(key) for key in SHOT_KEYS[1:]}}
-
-
-# --------------------------------------------------------------------------- tables of run folders
-
-
-def _flatten(value):
-    """Return a value a table cell can hold and group by (lists become text)."""
-    if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value)
-    return value
-
-
-def run_row(run_dir: str | os.PathLike) -> dict:
-    """Return one table row of a run folder: its summary's final and best accuracies, the published numbers of
-    the preset it reproduces with our gap to them, plus every config value."""
-    path = Path(run_dir)
-    folder = RunFolder(path)
-    summary = folder.read_summary() or {}
-    config = folder.read_config() or {}
-    final, best = summary.get("final") or {}, summary.get("best") or {}
-    row = {
-        "run": path.name, "path": str(path), "status": summary.get("status", "missing"),
-        "epochs_completed": summary.get("epochs_completed"), "final_epoch": final.get("epoch"),
-        "best_epoch": best.get("epoch"), "train_seconds": summary.get("train_seconds"), "error": summary.get("error"),
-    }
-    for key in SHOT_KEYS:
-        row[f"final_{key}"] = final.get(key)
-        row[f"best_{key}"] = best.get(key)
-    published = published_results(config) if config else dict.fromkeys(SHOT_KEYS)
-    row.update({f"published_{key}": value for key, value in published.items()})
-    for which in ("final", "best"):
-        ours, theirs = row[f"{which}_top1"], published["top1"]
-        row[f"gap_{which}_top1"] = ours - theirs if ours is not None and theirs is not None else None
-    for key, value in config.items():
-        if key not in ("class_names", "train_class_counts") and key not in row:
-            row[key] = _flatten(value)
-    return row
-
-
-def collect_results(run_dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:
-    """Return one row per run folder (see :func:`run_row`), in the order given."""
-    rows = [run_row(path) for path in run_dirs]
-    table = pd.DataFrame(rows)
-    for column in _RESULT_COLUMNS:
-        if column not in table:
-            table[column] = None
-    numeric = [c for c in _RESULT_COLUMNS if c.startswith(("final_", "best_", "published_", "gap_"))
-               or c == "train_seconds"]
-    for column in numeric:
-        table[column] = pd.to_numeric(table[column], errors="coerce")  # JSON null -> NaN
-    first = list(_RESULT_COLUMNS)
-    return table[first + [c for c in table.columns if c not in first]]
-
-
-PER_RUN_COLUMNS = ("run", "method", "dataset", "imb", "seed", "epochs", "status", "final_top1", "final_many",
-                   "final_medium", "final_few", "best_top1", "best_epoch", "published_top1", "gap_final_top1")
-
-
-def per_run_view(results: pd.DataFrame) -> pd.DataFrame:
-    """Return the columns of :func:`collect_results` worth reading per run (final and best top-1 and groups, the
-    published top-1 and our gap to it)."""
-    return results[[c for c in PER_RUN_COLUMNS if c in results.columns]]
-
-
-def run_folders(runs_dir: str | os.PathLike) -> list[Path]:
-    """Return the run folders directly under ``runs_dir`` that hold a summary.json, sorted by name."""
-    folder = Path(runs_dir)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and (p / "summary.json").is_file())
-
-
-def setting_columns(results: pd.DataFrame) -> list[str]:
-    """Return the config columns that define a setting: the recipe fields (not the seed, nor where or how fast a
-    run goes) and the preset."""
-    from ccmix.config import recipe_fields
-
-    return [c for c in (*recipe_fields(), "preset") if c in results.columns]
-
-
-def summarize_runs(results: pd.DataFrame, metrics: Sequence[str] = METRIC_COLUMNS) -> pd.DataFrame:
-    """Return mean and standard deviation (over seeds) of ``metrics`` per setting, completed runs only, beside
-    the published numbers.
-
-    Runs are grouped by every config value except seed and paths; the index shows the values that
-    differ between settings (always method and imb). Columns: runs, seeds, ``<metric>_mean``,
-    ``<metric>_std`` (sample standard deviation; NaN for a single run), ``published_top1`` (and
-    many/medium/few) of the preset the setting reproduces, and ``gap_final_top1_mean`` /
-    ``gap_best_top1_mean``: our mean minus the published top-1 (its std is the metric's std).
-    """
-    completed = results[results["status"] == "completed"] if "status" in results else results
-    if completed.empty:
-        return pd.DataFrame(columns=["runs", "seeds"])
-    keys = setting_columns(completed)
-    shown = [k for k in keys if k in ("method", "imb") or completed[k].astype(str).nunique() > 1]
-    first = [k for k in ("method", "dataset", "imb", "preset") if k in shown]
-    shown = first + [k for k in shown if k not in first]
-    grouped = completed.assign(**{k: completed[k].astype(str) for k in keys}).groupby(keys, dropna=False, sort=False)
-    rows = []
-    for _, part in grouped:
-        row = {k: completed.loc[part.index[0], k] for k in shown}
-        row["runs"] = len(part)
-        row["seeds"] = ",".join(str(s) for s in part["seed"].tolist()) if "seed" in part else ""
-        for metric in metrics:
-            values = pd.to_numeric(part[metric], errors="coerce") if metric in part else pd.Series(dtype=float)
-            row[f"{metric}_mean"] = values.mean()
-            row[f"{metric}_std"] = values.std(ddof=1) if values.count() > 1 else float("nan")
-        for column in PUBLISHED_COLUMNS:
-            values = pd.to_numeric(part[column], errors="coerce").dropna() if column in part else pd.Series()
-            row[column] = values.iloc[0] if not values.empty else float("nan")
-        for which in ("final", "best"):
-            mean = row.get(f"{which}_top1_mean", float("nan"))
-            row[f"gap_{which}_top1_mean"] = mean - row["published_top1"]
-        rows.append(row)
-    return pd.DataFrame(rows).set_index(shown)
-
-
-def format_mean_std(table: pd.DataFrame, metrics: Sequence[str] = METRIC_COLUMNS, digits: int = 2) -> pd.DataFrame:
-    """Return :func:`summarize_runs`'s table as text cells "mean ± std" (just the mean for a single run), with the
-    published top-1 (many / medium / few) and our final and best gap to it when a setting reproduces a preset."""
-    shown = pd.DataFrame(index=table.index)
-    shown["runs"] = table["runs"]
-    for metric in metrics:
-        shown[metric.replace("_", " ")] = [_mean_std(m, s, digits) for m, s in
-                                           zip(table[f"{metric}_mean"], table[f"{metric}_std"])]
-    if "published_top1" in table and table["published_top1"].notna().any():
-        shown["published top1"] = ["–" if pd.isna(p) else f"{p:.{digits}f}" for p in table["published_top1"]]
-        shots = table[[f"published_{k}" for k in SHOT_KEYS[1:]]]
-        shown["published many / medium / few"] = [
-            "–" if row.isna().all() else " / ".join("–" if pd.isna(v) else f"{v:.1f}" for v in row)
-            for _, row in shots.iterrows()
-        ]
-        for which in ("final", "best"):
-            shown[f"{which} − published"] = [_mean_std(m, s, digits, signed=True) for m, s in
-                                             zip(table[f"gap_{which}_top1_mean"], table[f"{which}_top1_std"])]
-    return shown
-
-
-def _mean_std(mean, std, digits: int, signed: bool = False) -> str:
-    if pd.isna(mean):
-        return "–"
-    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
-    return text if pd.isna(std) else f"{text} ± {std:.{digits}f}"
-
-
-def reproduction_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Return one row per published preset that completed runs reproduce: runs, published_top1, final and best
-    top-1 mean and std over seeds, and the gaps (ours minus published, percentage points)."""
-    completed = results[(results["status"] == "completed") & results["published_top1"].notna()]
-    columns = ["preset", "runs", "seeds", "published_top1", "final_top1_mean", "final_top1_std", "best_top1_mean",
-               "best_top1_std", "gap_final_top1", "gap_best_top1"]
-    if completed.empty:
-        return pd.DataFrame(columns=columns).set_index("preset")
-    presets = completed["preset"] if "preset" in completed else pd.Series("?", index=completed.index)
-    rows = []
-    for name, part in completed.groupby(presets.fillna("?"), sort=False):
-        row = {"preset": name, "runs": len(part), "published_top1": part["published_top1"].iloc[0],
-               "seeds": ",".join(str(s) for s in part["seed"].tolist()) if "seed" in part else ""}
-        for which in ("final", "best"):
-            values = part[f"{which}_top1"].astype(float)
-            row[f"{which}_top1_mean"] = values.mean()
-            row[f"{which}_top1_std"] = values.std(ddof=1) if values.count() > 1 else float("nan")
-            row[f"gap_{which}_top1"] = row[f"{which}_top1_mean"] - row["published_top1"]
-        rows.append(row)
-    return pd.DataFrame(rows, columns=columns).set_index("preset")
-
-
-# --------------------------------------------------------------------------- the sweep's plan
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    """One grid point: its validated config, run folder, and the train-notebook parameters that chose it."""
-
-    name: str
-    out_dir: Path
-    config: TrainConfig
-    preset: str | None  # the published preset it reproduces (recorded in config.json), else None
-    params: dict  # train-notebook parameters (the papermill launcher), out_dir included
-    nproc_per_node: int = 1
-
-    def overrides(self) -> dict:
-        """Return the config fields (name -> value) that differ from the preset (or the defaults) it starts from."""
-        start = (dataclasses.replace(_preset_config(self.preset)) if self.preset else TrainConfig()).to_dict()
-        return {key: value for key, value in self.config.to_dict().items() if start[key] != value}
-
-    def train_arguments(self) -> list[str]:
-        """Return the arguments of ``python -m ccmix`` that train this run: ``train [--preset P] --set ... --out``."""
-        from ccmix.launch import train_arguments
-
-        return train_arguments(self.preset, self.overrides(), self.out_dir)
-
-    def command(self, python: str | None = None) -> list[str]:
-        """Return the command that trains this run: ``python -m ccmix train ...``, under torchrun for several
-        processes."""
-        from ccmix.launch import torchrun_command
-
-        if self.nproc_per_node > 1:
-            return torchrun_command(self.preset, self.overrides(), self.out_dir, self.nproc_per_node, python=python)
-        return [python or sys.executable, "-m", "ccmix", *self.train_arguments()]
-
-
-def _preset_config(name: str) -> TrainConfig:
-    from ccmix.config import preset
-
-    return preset(name)
-
-
-def grid_points(methods: Sequence[str], imbs: Sequence[float], seeds: Sequence[int]) -> list[dict]:
-    """Return the grid's points as dicts {method, imb, seed}, in order, without repeats."""
-    for name, values in (("methods", methods), ("imbs", imbs), ("seeds", seeds)):
-        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable) or not list(values):
-            raise ConfigError(f"{name}={values!r} is not accepted; give a non-empty list")
-    points = []
-    for method, imb, seed in itertools.product(methods, imbs, seeds):
-        point = {"method": method, "imb": imb, "seed": seed}
-        if point not in points:
-            points.append(point)
-    return points
-
-
-def plan_sweep(methods: Sequence[str], imbs: Sequence[float], seeds: Sequence[int], base_params: dict | None,
-               runs_dir: str | os.PathLike) -> list[PlannedRun]:
-    """Return the sweep's runs, every point validated before anything runs; ConfigError (one sentence) on a bad
-    value. ``base_params`` are train-notebook parameters shared by every point."""
-    if base_params is not None and not isinstance(base_params, dict):
-        raise ConfigError(f"base_params={base_params!r} is not accepted; give a dict of train-notebook parameters")
-    if not isinstance(runs_dir, (str, os.PathLike)) or not os.fspath(runs_dir):
-        raise ConfigError(f"runs_dir={runs_dir!r} is not accepted; give a folder path")
-    base_params = dict(base_params or {})
-    check_notebook_parameters(list(base_params), notebook="train")
-    for key in (*GRID_KEYS, "out_dir"):
-        if key in base_params:
-            raise ConfigError(
-                f"base_params sets {key!r}, which the sweep chooses itself (method, imb and seed from the grid, "
-                "out_dir under runs_dir); remove it"
-            )
-    root = find_repo_root()
-    runs = Path(runs_dir).expanduser().resolve()
-    plan = []
-    for point in grid_points(methods, imbs, seeds):
-        params = {**base_params, **point}
-        run = resolve_train_parameters(**params, repo_root=root)
-        out_dir = runs / run.run_name
-        plan.append(PlannedRun(name=run.run_name, out_dir=out_dir, config=run.config, preset=run.preset,
-                               params={**params, "out_dir": str(out_dir)}, nproc_per_node=run.nproc_per_node))
-    names = [run.name for run in plan]
-    if len(set(names)) != len(names):
-        raise ConfigError("the grid gives two points the same run folder name; check methods, imbs and seeds")
-    return plan
-
-
-def is_completed(run_dir: str | os.PathLike) -> bool:
-    """True when the run folder holds a summary.json with status "completed"."""
-    summary = RunFolder(run_dir).read_summary()
-    return bool(summary) and summary.get("status") == "completed"
-
-
-def reuse_differences(run: PlannedRun) -> list[str]:
-    """Return how the run already in ``run.out_dir`` differs from the requested one in recipe and seed ([] when
-    the folder holds no run yet, or the same one)."""
-    config_path = run.out_dir / "config.json"
-    if not config_path.is_file():
-        return []
-    saved = RunFolder(run.out_dir).read_config()
-    if saved is None:
-        return ["config.json (unreadable)"]
-    return differences_text(saved, run.config.to_dict())
-
-
-def move_aside(run: PlannedRun, runs: Path) -> Path:
-    """Return where the run folder (and its executed notebook, if any) was moved: ``runs/replaced/<name>-<time>``."""
-    target = runs / REPLACED_DIR / f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    suffix = 1
-    while target.exists():
-        target = target.with_name(f"{target.name.rsplit('+', 1)[0]}+{suffix}")
-        suffix += 1
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(run.out_dir), str(target))
-    notebook = runs / f"{run.name}.ipynb"
-    if notebook.is_file():
-        shutil.move(str(notebook), str(target / "train.ipynb"))
-    return target
-
-
-def _check_reuse(plan: list[PlannedRun], runs: Path, redo_mismatched: bool) -> None:
-    mismatched = [(run, differences) for run in plan if (differences := reuse_differences(run))]
-    if not mismatched:
-        return
-    if not redo_mismatched:
-        run, differences = mismatched[0]
-        more = f" ({len(mismatched) - 1} more run folders differ too)" if len(mismatched) > 1 else ""
-        raise ConfigError(
-            f"run folder {str(run.out_dir)!r} holds a run that differs from the requested one in "
-            f"{'; '.join(differences)}{more}; choose another runs_dir, or redo it (--redo-mismatched, "
-            f"redo_mismatched=True), which moves the old folder into {str(runs / REPLACED_DIR)!r} and trains again"
-        )
-    for run, differences in mismatched:
-        target = move_aside(run, runs)
-        print(f"{run.name}: differs from the request in {'; '.join(differences)}; moved to {target}, training again",
-              flush=True)
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -409,6 +90,54 @@ def _check_launcher(launcher: str, jobs: int, slurm) -> None:
     if slurm and launcher != "slurm":
         raise ConfigError(f"slurm={slurm!r} is not accepted with launcher {launcher!r}; SLURM options need "
                           "launcher 'slurm'")
+
+
+def _slurm_options(slurm: dict | None):
+    """Return the checked SLURM options of a sweep (ConfigError when the cluster cannot take them)."""
+    from ccmix.sweep_slurm import check_cluster, slurm_options
+
+    options = slurm_options(slurm)
+    check_cluster(options)
+    return options
+
+
+def _train_notebook(notebook: str | os.PathLike | None) -> Path:
+    """Return the path of the train notebook the papermill launcher executes (default: the repository's)."""
+    notebook_path = Path(notebook) if notebook is not None else find_repo_root() / "notebooks" / "train.ipynb"
+    if not notebook_path.is_file():
+        raise ValueError(f"notebook {str(notebook_path)!r} does not exist; give the path of train.ipynb")
+    return notebook_path
+
+
+class _SweepReport:
+    """What a sweep says as its runs start and finish, and which runs completed or failed (with why)."""
+
+    def __init__(self, runs: Path, to_train: int):
+        self.runs, self.to_train = runs, to_train
+        self.executed: list[str] = []
+        self.failed: list[str] = []
+        self.errors: dict[str, str] = {}
+        self.started: dict[str, int] = {}
+
+    def on_start(self, name: str, where: str) -> None:
+        """Print that run ``name`` starts training on ``where``."""
+        self.started[name] = len(self.started) + 1
+        print(f"[{self.started[name]}/{self.to_train}] {name}: training on {where}", flush=True)
+
+    def on_finish(self, outcome) -> None:
+        """Record and print how a run ended, then rewrite ``results.csv``."""
+        runs = self.runs
+        if outcome.error is None and is_completed(runs / outcome.name):
+            self.executed.append(outcome.name)
+            final = (RunFolder(runs / outcome.name).read_summary() or {}).get("final") or {}
+            top1 = f"final top-1 {final['top1']:.2f}" if final.get("top1") is not None else "no final top-1"
+            print(f"{outcome.name}: completed, {top1}", flush=True)
+        else:
+            self.failed.append(outcome.name)
+            self.errors[outcome.name] = outcome.error or "the run ended without a completed summary.json"
+            where = f"; log {outcome.log_path}" if outcome.log_path else ""
+            print(f"{outcome.name}: failed: {self.errors[outcome.name]}{where}", flush=True)
+        write_results(runs)
 
 
 def run_sweep(
@@ -446,20 +175,11 @@ def run_sweep(
     local launcher's processes (default: this one).
     """
     _check_launcher(launcher, jobs, slurm)
-    options = None
-    if launcher == "slurm":
-        from ccmix.sweep_slurm import check_cluster, slurm_options
-
-        options = slurm_options(slurm)
-        check_cluster(options)
-    notebook_path = None
-    if launcher == "papermill":
-        notebook_path = Path(notebook) if notebook is not None else find_repo_root() / "notebooks" / "train.ipynb"
-        if not notebook_path.is_file():
-            raise ValueError(f"notebook {str(notebook_path)!r} does not exist; give the path of train.ipynb")
+    options = _slurm_options(slurm) if launcher == "slurm" else None
+    notebook_path = _train_notebook(notebook) if launcher == "papermill" else None
     plan = plan_sweep(methods, imbs, seeds, base_params, runs_dir)
     runs = Path(runs_dir).expanduser().resolve()
-    _check_reuse(plan, runs, redo_mismatched)
+    check_reuse(plan, runs, redo_mismatched)
 
     skipped = [run.name for run in plan if is_completed(run.out_dir)]
     to_train = [run for run in plan if run.name not in skipped]
@@ -467,40 +187,24 @@ def run_sweep(
         if run.name in skipped:
             print(f"{run.name}: completed already, skipped", flush=True)
     runs.mkdir(parents=True, exist_ok=True)
-    executed, failed, errors = [], [], {}
-    started = {}
-
-    def on_start(name: str, where: str) -> None:
-        started[name] = len(started) + 1
-        print(f"[{started[name]}/{len(to_train)}] {name}: training on {where}", flush=True)
-
-    def on_finish(outcome) -> None:
-        if outcome.error is None and is_completed(runs / outcome.name):
-            executed.append(outcome.name)
-            final = (RunFolder(runs / outcome.name).read_summary() or {}).get("final") or {}
-            top1 = f"final top-1 {final['top1']:.2f}" if final.get("top1") is not None else "no final top-1"
-            print(f"{outcome.name}: completed, {top1}", flush=True)
-        else:
-            failed.append(outcome.name)
-            errors[outcome.name] = outcome.error or "the run ended without a completed summary.json"
-            where = f"; log {outcome.log_path}" if outcome.log_path else ""
-            print(f"{outcome.name}: failed: {errors[outcome.name]}{where}", flush=True)
-        write_results(runs)
+    report = _SweepReport(runs, len(to_train))
+    executed, failed, errors = report.executed, report.failed, report.errors
 
     if launcher == "local":
         from ccmix.sweep_local import run_packed
 
         commands = [(run.name, run.out_dir, run.command(python)) for run in to_train]
-        run_packed(commands, jobs, on_start=on_start, on_finish=on_finish,
+        run_packed(commands, jobs, on_start=report.on_start, on_finish=report.on_finish,
                    gpus_per_run=max(run.nproc_per_node for run in to_train) if to_train else 1)
     elif launcher == "slurm":
         from ccmix.sweep_slurm import run_slurm
 
         arguments = [(run.name, run.out_dir, run.train_arguments()) for run in to_train]
-        run_slurm(arguments, options, runs / "slurm", on_start=on_start, on_finish=on_finish)
+        run_slurm(arguments, options, runs / "slurm", on_start=report.on_start, on_finish=report.on_finish)
     else:
-        _run_notebooks(to_train, runs, notebook_path, execute or _default_executor, on_start, on_finish,
-                       kernel=kernel, progress=progress, log_output=log_output, stop_on_error=stop_on_error)
+        _run_notebooks(to_train, runs, notebook_path, execute or _default_executor, report.on_start,
+                       report.on_finish, kernel=kernel, progress=progress, log_output=log_output,
+                       stop_on_error=stop_on_error)
 
     write_results(runs)
     grid_results = collect_results([run.out_dir for run in plan if (run.out_dir / "summary.json").is_file()])
@@ -512,13 +216,6 @@ def run_sweep(
     print(f"{len(executed)} trained, {len(skipped)} skipped, {len(failed)} failed; every run: {runs / 'results.csv'}",
           flush=True)
     return table
-
-
-def write_results(runs_dir: str | os.PathLike) -> Path:
-    """Return the path of ``runs_dir/results.csv`` after (re)writing it from every run folder under ``runs_dir``."""
-    path = Path(runs_dir) / "results.csv"
-    write_text(path, collect_results(run_folders(runs_dir)).to_csv(index=False))
-    return path
 
 
 def _run_notebooks(plan: list[PlannedRun], runs: Path, notebook_path: Path, execute: Callable, on_start, on_finish,
@@ -642,3 +339,4 @@ __all__ = [
     "move_aside", "per_run_view", "plan_sweep", "published_results", "differences_text", "reproduction_table",
     "reuse_differences", "run_folders", "run_row", "run_sweep", "setting_columns", "summarize_runs", "write_results",
 ]
+
