@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
@@ -142,15 +141,28 @@ def kept_fraction(boxes: CutMixBoxes, height: int, width: int) -> torch.Tensor:
     return 1.0 - box_area.to(torch.float32) / float(height * width)
 
 
-def area_labels(y_a: torch.Tensor, y_b: torch.Tensor, lam, num_classes: int) -> torch.Tensor:
-    """Return soft labels (B, C) float32: lam * onehot(y_a) + (1 - lam) * onehot(y_b)."""
+def area_labels(y_a: torch.Tensor, y_b: torch.Tensor, lam, num_classes: int, *,
+                check_values: bool = True) -> torch.Tensor:
+    """Return soft labels (B, C) float32: lam * onehot(y_a) + (1 - lam) * onehot(y_b).
+
+    Labels on the CPU are range-checked unless ``check_values=False`` (the training step, whose
+    labels come from the dataset, skips the read); on an accelerator the check would wait for it.
+    """
     lam = torch.as_tensor(lam, dtype=torch.float32, device=y_a.device)
     if lam.dim() == 0:
         lam = lam.expand(y_a.shape[0])
     lam = lam[:, None]
-    onehot_a = F.one_hot(y_a.long(), num_classes).to(torch.float32)
-    onehot_b = F.one_hot(y_b.to(y_a.device).long(), num_classes).to(torch.float32)
-    return lam * onehot_a + (1.0 - lam) * onehot_b
+    y_b = y_b.to(y_a.device)
+    if check_values and y_a.device.type == "cpu":
+        for labels in (y_a, y_b):
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+                raise ValueError(f"the labels y_a and y_b must lie in 0..{num_classes - 1} (num_classes={num_classes})")
+    return lam * _one_hot(y_a, num_classes) + (1.0 - lam) * _one_hot(y_b, num_classes)
+
+
+def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Return (B, C) float32 one-hot rows of int labels (B,), by comparison: F.one_hot reads the labels back."""
+    return (labels.long()[:, None] == torch.arange(num_classes, device=labels.device)).to(torch.float32)
 
 
 def cutmix(

@@ -8,6 +8,11 @@
 
 The maths are pure functions of tensors; class counts may be given as a list or
 a tensor and are moved to the device of the tensors they are combined with.
+
+Every function checks shapes. Checks that read tensor values (label ranges, class
+counts) run only with ``check_values=True``, the default: on an accelerator each such
+read waits for the device, so the training step, which passes values it built
+itself, turns them off and never reads a value back.
 """
 
 from __future__ import annotations
@@ -19,26 +24,27 @@ import torch.nn.functional as F
 DISTANCE_EPS = 1e-12
 
 
-def _counts_tensor(class_counts, device) -> torch.Tensor:
+def _counts_tensor(class_counts, device, check_values: bool = True) -> torch.Tensor:
     """Return the class counts as a float64 (C,) tensor on ``device``; checked while still on the CPU."""
     counts = torch.as_tensor(class_counts, dtype=torch.float64).flatten()
-    if counts.device.type == "cpu" and (counts.numel() == 0 or bool((counts <= 0).any())):
+    if counts.numel() == 0 or (check_values and counts.device.type == "cpu" and bool((counts <= 0).any())):
         raise ValueError(f"class_counts={class_counts!r} is not accepted; every class needs a count > 0")
     return counts.to(device)
 
 
-def log_prior(class_counts, device=None) -> torch.Tensor:
+def log_prior(class_counts, device=None, check_values: bool = True) -> torch.Tensor:
     """Return log pi (C,) float32, pi_c = N_c / sum N, of the training class counts."""
-    counts = _counts_tensor(class_counts, device)
+    counts = _counts_tensor(class_counts, device, check_values)
     return torch.log(counts / counts.sum()).to(torch.float32)
 
 
-def logit_adjusted_ce(logits: torch.Tensor, target: torch.Tensor, class_counts, tau: float) -> torch.Tensor:
+def logit_adjusted_ce(logits: torch.Tensor, target: torch.Tensor, class_counts, tau: float, *,
+                      check_values: bool = True) -> torch.Tensor:
     """Return the batch-mean CE of logits + tau * log pi; target (B,) int64 labels or (B, C) soft labels."""
     if logits.dim() != 2:
         raise ValueError(f"logits must be (B, C); got shape {tuple(logits.shape)}")
     num_classes = logits.shape[1]
-    prior = log_prior(class_counts, device=logits.device)
+    prior = log_prior(class_counts, device=logits.device, check_values=check_values)
     if prior.numel() != num_classes:
         raise ValueError(f"class_counts has {prior.numel()} classes but logits have {num_classes}")
     adjusted = logits.float() + float(tau) * prior
@@ -50,7 +56,8 @@ def logit_adjusted_ce(logits: torch.Tensor, target: torch.Tensor, class_counts, 
 
 
 def balanced_contrastive_loss(
-    views: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1
+    views: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, *,
+    check_values: bool = True,
 ) -> torch.Tensor:
     """Return the balanced supervised contrastive loss (scalar) of 2B view embeddings and C class centres.
 
@@ -69,7 +76,7 @@ def balanced_contrastive_loss(
     if labels.shape != (batch_size,):
         raise ValueError(f"labels must be (B,) = ({batch_size},); got shape {tuple(labels.shape)}")
     # range check only on the CPU: on an accelerator it would cost a host sync every step
-    if labels.device.type == "cpu" and batch_size and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+    if check_values and labels.device.type == "cpu" and batch_size and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(f"labels must lie in 0..{num_classes - 1} (one centre per class)")
 
     anchors = torch.cat([views[:, 0], views[:, 1]], dim=0).float()  # (2B, D)
@@ -90,7 +97,9 @@ def balanced_contrastive_loss(
     same_class = anchor_labels[:, None] == member_labels[None, :]
     positives = same_class & not_self
 
-    class_sizes = torch.bincount(member_labels, minlength=num_classes).to(logits.dtype)  # members per class
+    # members per class; a scatter, since bincount reads its input's maximum back to size its output
+    class_sizes = torch.zeros(num_classes, dtype=torch.int64, device=views.device).scatter_add_(
+        0, member_labels, torch.ones_like(member_labels)).to(logits.dtype)
     # members of class(j), minus one for the anchor's own class (the anchor is not counted)
     member_weight = class_sizes[member_labels][None, :] - same_class.to(logits.dtype)
     exp_logits = torch.exp(logits.masked_fill(~not_self, float("-inf")))  # the self term may overflow: drop it first
@@ -109,6 +118,8 @@ def semantic_label_parts(
     class_counts,
     topk: int,
     omega: float,
+    *,
+    check_values: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Return dict(similarity_label (B, C), area_label (B, C), rho (B,), weight (B,), label (B, C)), detached.
 
@@ -129,11 +140,11 @@ def semantic_label_parts(
         raise ValueError(f"area_label must be (B, C) = {(embedding.shape[0], num_classes)}; got {tuple(area_label.shape)}")
     if not (isinstance(topk, int) and not isinstance(topk, bool) and 1 <= topk <= num_classes):
         raise ValueError(f"topk={topk!r} is not accepted; it must be an integer in 1..{num_classes}")
-    counts = _counts_tensor(class_counts, embedding.device)
+    counts = _counts_tensor(class_counts, embedding.device, check_values)
     if counts.numel() != num_classes:
         raise ValueError(f"class_counts has {counts.numel()} classes but there are {num_classes} centres")
     log_count_sum = torch.log(counts).sum()
-    if not log_count_sum > 0:
+    if check_values and not log_count_sum > 0:
         raise ValueError("class_counts is not accepted; sum of log N_c must be > 0 (some class needs N_c > 1)")
 
     # exact pairwise distances (the matrix-product shortcut can lose precision near 0)
@@ -151,10 +162,12 @@ def semantic_label_parts(
 
 
 def semantic_label(
-    embedding: torch.Tensor, centers: torch.Tensor, area_label: torch.Tensor, class_counts, topk: int, omega: float
+    embedding: torch.Tensor, centers: torch.Tensor, area_label: torch.Tensor, class_counts, topk: int, omega: float,
+    *, check_values: bool = True,
 ) -> torch.Tensor:
     """Return the ConCutMix training label (B, C) of mixed images: (rho*omega) y_sem + (1 - rho*omega) y_area."""
-    return semantic_label_parts(embedding, centers, area_label, class_counts, topk, omega)["label"]
+    return semantic_label_parts(embedding, centers, area_label, class_counts, topk, omega,
+                                check_values=check_values)["label"]
 
 
 __all__ = [
