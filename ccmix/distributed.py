@@ -133,15 +133,6 @@ def barrier(context: DistContext) -> None:
         dist.barrier()
 
 
-def all_ranks_true(flag: bool | torch.Tensor, context: DistContext) -> bool:
-    """Return True when ``flag`` holds on every rank (the flag itself in a single process)."""
-    if not context.enabled:
-        return bool(flag)
-    value = torch.as_tensor(flag, dtype=torch.float32, device=context.device).reshape(1).clone()
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item() > 0)
-
-
 def all_gather_objects(value, context: DistContext) -> list:
     """Return the list of every rank's picklable ``value``, in rank order ([value] in a single process)."""
     if not context.enabled:

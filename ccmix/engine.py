@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,7 +28,6 @@ from ccmix.data import build_datasets, build_train_pipeline
 from ccmix.distributed import (
     DistContext,
     all_gather_objects,
-    all_reduce_sum,
     barrier,
     check_world_size,
     cleanup,
@@ -60,14 +58,16 @@ from ccmix.step import (
     LOSS,
     LOSS_BCL,
     LOSS_CE,
+    EpochTotals,
     StepBatch,
     TrainingDiverged,
     build_optimizer,
-    check_finite_loss,
     compute_step_loss,
     cutmix_generator,
     draw_cutmix_boxes,
     learning_rate,
+    loss_parts,
+    step_loss_function,
     train_step,
 )
 
@@ -76,10 +76,13 @@ from ccmix.step import (
 
 def train_one_epoch(model, pipeline, optimizer, config: TrainConfig, epoch: int, class_counts: torch.Tensor,
                     device: torch.device, context: DistContext | None = None, progress: bool = True,
-                    on_step: Callable[[], None] | None = None) -> dict:
+                    on_step: Callable[[], None] | None = None, loss_function=loss_parts) -> dict:
     """Train one epoch (0-based) and return its mean losses, train top-1 (%) and samples/s.
 
-    ``on_step`` is called after each step (``ccmix.report.RunReporter.step_done`` times the first ones).
+    ``on_step`` is called after each step (``ccmix.report.RunReporter.step_done`` times the first ones);
+    ``loss_function`` is ``ccmix.step.step_loss_function(config, ...)``, compiled or not. Between
+    logging steps (every ``config.log_every`` steps) nothing is read back from the device: the
+    finiteness of the losses and the progress bar's figures are read there and at the end.
     """
     context = context or DistContext()
     model.train()
@@ -87,7 +90,7 @@ def train_one_epoch(model, pipeline, optimizer, config: TrainConfig, epoch: int,
     for group in optimizer.param_groups:
         group["lr"] = lr
     cutmix_rng = cutmix_generator(config, epoch)
-    totals = torch.zeros(5, dtype=torch.float64, device=device)  # sums indexed by ccmix.step.LOSS ... COUNT
+    totals = EpochTotals(device)
     steps = pipeline.steps_per_epoch
     started = time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
@@ -96,20 +99,21 @@ def train_one_epoch(model, pipeline, optimizer, config: TrainConfig, epoch: int,
         if step >= steps:
             break
         check_step_boundary(context, epoch + 1, step + 1)  # SIGINT / SIGTERM stop here, between two steps
-        sums = train_step(model, optimizer, batch, config, epoch, class_counts, cutmix_rng, context)
-        check_finite_loss(sums, epoch, step, context)
-        totals += sums
+        totals.add(train_step(model, optimizer, batch, config, epoch, class_counts, cutmix_rng, context,
+                              loss_function=loss_function))
         bar.update(1)
         if on_step is not None:
             on_step()
-        if not bar.disable:
-            count = totals[COUNT].clamp_min(1)
-            bar.set_postfix(loss=f"{float(totals[LOSS] / count):.3f}", acc=f"{float(100 * totals[CORRECT] / count):.1f}")
+        if (step + 1) % config.log_every == 0:
+            running = totals.check(epoch, context)  # every rank, so the non-finite flags can be summed
+            bar.set_postfix(loss=f"{running['loss']:.3f}", acc=f"{running['top1']:.1f}")
     bar.close()
+    if totals.steps > totals.checked:
+        totals.check(epoch, context)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
-    totals = all_reduce_sum(totals, context).cpu()
+    totals = totals.reduced(context)
     count = max(float(totals[COUNT]), 1.0)
     return {
         "lr": lr,
@@ -181,8 +185,7 @@ def _train(config: TrainConfig, folder: RunFolder, guard: Guard, context: DistCo
     _agree_on_start(progress.epoch, folder, context)
     _announce_resume(resumed, folder, config, context)
     training_model = wrap_for_training(model, config, context, sync_bn=sync_bn)
-    if config.compile:
-        training_model = _try_compile(training_model)
+    loss_function = step_loss_function(config, device, context)  # compiled once per run when config.compile
     pipeline = build_train_pipeline(train, config, device)
     test_loader = build_test_loader(test, config, device, context)
     _describe_run(folder, config, preset_name_for(config, preset), train, test, context, identity)
@@ -206,7 +209,8 @@ def _train(config: TrainConfig, folder: RunFolder, guard: Guard, context: DistCo
             started = time.perf_counter()
             record = train_one_epoch(training_model, pipeline, optimizer, config, epoch, class_counts, device,
                                      context, progress=config.progress,
-                                     on_step=report.step_done if report is not None else None)
+                                     on_step=report.step_done if report is not None else None,
+                                     loss_function=loss_function)
             _check_finite_state(model, epoch, pipeline.steps_per_epoch)  # never checkpoint broken weights
             evaluated = epoch + 1 == config.epochs or (epoch + 1) % config.eval_interval == 0
             metrics = evaluate_model() if evaluated else None
@@ -349,21 +353,14 @@ def _diverged(error: TrainingDiverged, folder: RunFolder, progress: _Progress) -
 
 def _check_finite_state(model: torch.nn.Module, epoch: int, steps: int) -> None:
     """Raise TrainingDiverged when a parameter or buffer of ``model`` holds inf or nan after 0-based ``epoch``."""
-    for name, value in model.state_dict().items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+    floats = {name: value for name, value in model.state_dict().items() if value.is_floating_point()}
+    finite = torch.stack([torch.isfinite(value).all() for value in floats.values()]).tolist()  # one device read
+    for name, ok in zip(floats, finite):
+        if not ok:
             raise TrainingDiverged(
                 f"the model's {name} became non-finite at epoch {epoch + 1}, step {steps}; training stopped "
                 "and the last good checkpoint was kept (try a lower lr)"
             )
-
-
-def _try_compile(model: torch.nn.Module) -> torch.nn.Module:
-    """Return torch.compile(model), or the model itself with a warning when compilation is unavailable."""
-    try:
-        return torch.compile(model)
-    except Exception as error:  # compile support varies by platform; training works without it
-        warnings.warn(f"torch.compile is unavailable here ({error}); training without it", stacklevel=2)
-        return model
 
 
 __all__ = [

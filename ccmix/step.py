@@ -16,16 +16,19 @@ nothing back to the host.
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+from torch._dynamo.exc import BackendCompilerFailed
 
 from ccmix import losses
 from ccmix.config import TrainConfig
 from ccmix.cutmix import CutMixBoxes, area_labels, kept_fraction, paste, sample_boxes
-from ccmix.distributed import DistContext, all_ranks_true, gather_with_grad
+from ccmix.data.fast_aug import to_device
+from ccmix.distributed import DistContext, all_reduce_sum, gather_with_grad
 from ccmix.rng import CUTMIX_STREAM, numpy_generator
 
 # Positions in the (5,) float64 tensor of sums a step returns and an epoch accumulates.
@@ -159,6 +162,64 @@ class StepResult:
     count: int  # pairs in the batch
 
 
+def uses_semantic_labels(config: TrainConfig, epoch: int, mixed: bool) -> bool:
+    """Return True when a step of 0-based ``epoch`` labels its mixed images semantically (concutmix only)."""
+    # published: `epoch > l_d_warm` on 0-based epochs, so area labels through epoch l_d_warm itself
+    return mixed and config.method == "concutmix" and epoch > config.l_d_warm
+
+
+def boxes_tensor(boxes: CutMixBoxes, device: torch.device) -> torch.Tensor:
+    """Return (4, b) int64 [top, left, bottom, right] on ``device``, copied without waiting for the device."""
+    return to_device(torch.stack([boxes.top, boxes.left, boxes.bottom, boxes.right]), device)
+
+
+def loss_parts(model: torch.nn.Module, view0: torch.Tensor, contrastive: torch.Tensor | None, labels: torch.Tensor,
+               foreground: torch.Tensor | None, foreground_labels: torch.Tensor | None, boxes: torch.Tensor | None,
+               class_counts: torch.Tensor, *, config: TrainConfig, semantic: bool,
+               context: DistContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Return (loss with its graph, detached CE, detached BCL or None, int64 correct) of one micro-batch.
+
+    Tensors as in ``StepBatch``; ``boxes`` (4, b) int64 from ``boxes_tensor`` or None when the
+    batch is not mixed; ``semantic`` from ``uses_semantic_labels``. This is what ``compile=true``
+    compiles: the forward pass and every loss, with no value read back, so on CUDA it can be
+    replayed as a CUDA graph. Its variants are mixed or not and semantic labels or not; box
+    coordinates and λ are tensors, so new boxes never recompile it.
+    """
+    size, height, width = view0.shape[0], view0.shape[-2], view0.shape[-1]
+    num_classes = class_counts.numel()
+    target = labels
+    with autocast_context(view0.device, config):
+        if boxes is not None:
+            box = CutMixBoxes(*boxes.unbind(0))
+            view0 = paste(view0, foreground, box)
+            target = area_labels(labels, foreground_labels, kept_fraction(box, height, width), num_classes,
+                                 check_values=False)
+        tau = config.tau if config.uses_logit_adjustment else 0.0
+        loss_bcl = None
+        if config.uses_contrastive:
+            inputs = torch.cat([view0, contrastive[:, 0], contrastive[:, 1]], dim=0)  # BatchNorm sees all 3b images
+            output = model(to_memory_format(inputs, config))
+            logits = output.logits[:size].float()
+            embedding = output.embedding[size:].float().view(2, size, -1).transpose(0, 1)  # (b, 2, D)
+            all_embedding = gather_with_grad(embedding.contiguous(), context)
+            all_labels = gather_with_grad(labels, context) if context.enabled else labels
+            loss_bcl = losses.balanced_contrastive_loss(
+                all_embedding, output.centers.float(), all_labels, temperature=config.temperature, check_values=False
+            )
+            if semantic:
+                target = losses.semantic_label(
+                    output.embedding_raw[:size].float(), output.centers_raw.float(), target, class_counts,
+                    topk=config.topk, omega=config.omega, check_values=False,
+                )
+        else:
+            logits = _classify(model, to_memory_format(view0, config)).float()
+        loss_ce = losses.logit_adjusted_ce(logits, target, class_counts, tau, check_values=False)
+        loss = config.alpha * loss_ce + config.beta * loss_bcl if config.uses_contrastive else loss_ce
+    with torch.no_grad():
+        correct = (logits.argmax(dim=1) == labels).sum()
+    return loss, loss_ce.detach(), None if loss_bcl is None else loss_bcl.detach(), correct
+
+
 def compute_step_loss(
     model: torch.nn.Module,
     batch: StepBatch,
@@ -167,49 +228,22 @@ def compute_step_loss(
     class_counts: torch.Tensor,
     boxes: CutMixBoxes | None,
     context: DistContext | None = None,
+    loss_function=loss_parts,
 ) -> StepResult:
     """Return the training loss of one batch for ``config.method`` (0-based ``epoch``).
 
     ``boxes`` are this rank's CutMix boxes or None when the batch is not mixed.
     Non-contrastive methods optimise the cross-entropy alone; bcl and concutmix
-    optimise alpha*CE + beta*BCL.
+    optimise alpha*CE + beta*BCL. ``loss_function`` is ``loss_parts`` or its compiled
+    form (``step_loss_function``).
     """
     context = context or DistContext()
-    view0, labels = batch.view0, batch.labels
-    size, height, width = view0.shape[0], view0.shape[-2], view0.shape[-1]
-    num_classes = class_counts.numel()
-    target = labels
-    if boxes is not None:
-        view0 = paste(view0, batch.foreground, boxes)
-        lam = kept_fraction(boxes, height, width).to(view0.device)
-        target = area_labels(labels, batch.foreground_labels, lam, num_classes)
-    tau = config.tau if config.uses_logit_adjustment else 0.0
-    loss_bcl = None
-    if config.uses_contrastive:
-        views = batch.contrastive
-        inputs = torch.cat([view0, views[:, 0], views[:, 1]], dim=0)  # BatchNorm sees all 3b images
-        output = model(to_memory_format(inputs, config))
-        logits = output.logits[:size].float()
-        embedding = output.embedding[size:].float().view(2, size, -1).transpose(0, 1)  # (b, 2, D)
-        all_embedding = gather_with_grad(embedding.contiguous(), context)
-        all_labels = gather_with_grad(labels, context) if context.enabled else labels
-        loss_bcl = losses.balanced_contrastive_loss(
-            all_embedding, output.centers.float(), all_labels, temperature=config.temperature
-        )
-        # published: `epoch > l_d_warm` on 0-based epochs, so area labels through epoch l_d_warm itself
-        if boxes is not None and config.method == "concutmix" and epoch > config.l_d_warm:
-            target = losses.semantic_label(
-                output.embedding_raw[:size].float(), output.centers_raw.float(), target, class_counts,
-                topk=config.topk, omega=config.omega,
-            )
-    else:
-        logits = _classify(model, to_memory_format(view0, config)).float()
-    loss_ce = losses.logit_adjusted_ce(logits, target, class_counts, tau)
-    loss = config.alpha * loss_ce + config.beta * loss_bcl if config.uses_contrastive else loss_ce
-    with torch.no_grad():
-        correct = (logits.argmax(dim=1) == labels).sum()
-    return StepResult(loss=loss, loss_ce=loss_ce.detach(), loss_bcl=None if loss_bcl is None else loss_bcl.detach(),
-                      correct=correct, count=size)
+    device = batch.view0.device
+    loss, loss_ce, loss_bcl, correct = loss_function(
+        model, batch.view0, batch.contrastive, batch.labels, batch.foreground, batch.foreground_labels,
+        None if boxes is None else boxes_tensor(boxes, device), class_counts, config=config,
+        semantic=uses_semantic_labels(config, epoch, boxes is not None), context=context)
+    return StepResult(loss=loss, loss_ce=loss_ce, loss_bcl=loss_bcl, correct=correct, count=batch.size)
 
 
 def _classify(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -220,18 +254,57 @@ def _classify(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model.classify(images)
 
 
+# --------------------------------------------------------------------------- compilation
+
+
+class CompiledLoss:
+    """``loss_parts`` under ``torch.compile`` (static shapes); eager again, with a warning, if compiling fails.
+
+    On one CUDA device the step is compiled with CUDA graphs (``mode="reduce-overhead"``):
+    each call then replays the recorded kernels. Under DDP the default mode is used, since
+    its gradient hooks run between the graphs.
+    """
+
+    def __init__(self, device: torch.device, context: DistContext, backend="inductor"):
+        self.cuda_graphs = device.type == "cuda" and not context.enabled and backend == "inductor"
+        self.compiled = torch.compile(loss_parts, dynamic=False, backend=backend,
+                                      mode="reduce-overhead" if self.cuda_graphs else None)
+        self.function = self.compiled
+
+    def __call__(self, *args, **kwargs):
+        """Return ``loss_parts(*args, **kwargs)``, computed by the compiled graphs."""
+        if self.function is loss_parts:
+            return loss_parts(*args, **kwargs)
+        if self.cuda_graphs:  # a new step: outputs of the previous replay are no longer read
+            torch.compiler.cudagraph_mark_step_begin()
+        try:
+            return self.function(*args, **kwargs)
+        except BackendCompilerFailed as error:  # e.g. no C++ compiler: nothing ran yet, so eager can take over
+            warnings.warn(f"torch.compile failed here ({type(error.inner_exception).__name__}: "
+                          f"{error.inner_exception}); training without it", stacklevel=2)
+            self.function = loss_parts
+            return loss_parts(*args, **kwargs)
+
+
+def step_loss_function(config: TrainConfig, device: torch.device, context: DistContext | None = None):
+    """Return the function that computes a micro-batch's loss: ``loss_parts``, or a CompiledLoss when
+    ``config.compile``. Build it once per run: a compiled function keeps its graphs between calls."""
+    return CompiledLoss(torch.device(device), context or DistContext()) if config.compile else loss_parts
+
+
 # --------------------------------------------------------------------------- the step
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: StepBatch, config: TrainConfig,
                epoch: int, class_counts: torch.Tensor, cutmix_rng: np.random.Generator,
-               context: DistContext | None = None) -> torch.Tensor:
+               context: DistContext | None = None, loss_function=loss_parts) -> torch.Tensor:
     """Take one optimizer step on ``batch`` and return its sums, a detached (5,) float64 device tensor.
 
     The sums are indexed by LOSS, LOSS_CE, LOSS_BCL (each loss times the pairs it covers),
     CORRECT and COUNT. CutMix boxes are drawn from ``cutmix_rng`` for the global batch; with
     ``config.grad_accum_steps`` > 1 the batch is split into micro-batches whose gradients add
-    up (DDP synchronises only after the last one).
+    up (DDP synchronises only after the last one). Nothing is read back from the device.
+    ``loss_function``: see ``step_loss_function``.
     """
     context = context or DistContext()
     device = batch.view0.device
@@ -242,8 +315,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
     optimizer.zero_grad(set_to_none=True)
     micro_batches = _split(batch, boxes, parts)
     for index, (micro_batch, micro_boxes) in enumerate(micro_batches):
-        with autocast_context(device, config):
-            result = compute_step_loss(model, micro_batch, config, epoch, class_counts, micro_boxes, context)
+        result = compute_step_loss(model, micro_batch, config, epoch, class_counts, micro_boxes, context,
+                                   loss_function=loss_function)
         no_sync = getattr(model, "no_sync", None) if context.enabled and index < len(micro_batches) - 1 else None
         with no_sync() if no_sync is not None else nullcontext():
             (result.loss / parts).backward()
@@ -265,22 +338,56 @@ def _split(batch: StepBatch, boxes: CutMixBoxes | None, parts: int) -> list[tupl
             for start in range(0, batch.size, chunk)]
 
 
-def check_finite_loss(sums: torch.Tensor, epoch: int, step: int, context: DistContext) -> None:
-    """Raise TrainingDiverged when a step's loss sum is not finite on any rank (0-based ``epoch`` and ``step``).
+# --------------------------------------------------------------------------- an epoch's totals
 
-    Decided by all ranks together, so no rank waits in a collective for one that stopped.
+
+class EpochTotals:
+    """An epoch's step sums and the finiteness of its losses, kept on the device, read at logging steps only.
+
+    ``add`` takes each step's sums with device operations alone; ``check`` reads them back
+    once (after summing the non-finite flags over the processes) and raises TrainingDiverged
+    naming the epoch and the first non-finite step; ``reduced`` sums them over processes.
     """
-    loss = sums[LOSS]
-    if all_ranks_true(torch.isfinite(loss), context):
-        return
-    local = bool(torch.isfinite(loss))
-    where = " non-finite on another process" if local else f" {float(loss / sums[COUNT].clamp_min(1))}"
-    raise TrainingDiverged(
-        f"the training loss became{where} at epoch {epoch + 1}, step {step + 1}; training stopped and the last "
-        "good checkpoint was kept (try a lower lr)"
-    )
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(5, dtype=torch.float64, device=device)  # indexed by LOSS ... COUNT
+        # 0-based step and mean loss of the first non-finite step on this process (inf: none yet)
+        self.first_bad = torch.full((2,), math.inf, dtype=torch.float64, device=device)
+        self.steps = 0  # steps added
+        self.checked = 0  # steps already checked
+
+    def add(self, sums: torch.Tensor) -> None:
+        """Add one step's (5,) sums; remember its step and mean loss if the loss is the first non-finite one."""
+        mean = sums[LOSS] / sums[COUNT].clamp_min(1)
+        new = ~torch.isfinite(mean) & torch.isinf(self.first_bad[0])
+        self.first_bad = torch.where(new, torch.stack([torch.full_like(mean, self.steps), mean]), self.first_bad)
+        self.sums += sums
+        self.steps += 1
+
+    def check(self, epoch: int, context: DistContext) -> dict:
+        """Return {"loss", "top1"} of the steps so far on this process; raise TrainingDiverged when a loss since
+        the last check was non-finite on any process (0-based ``epoch``). One read of the device."""
+        local_bad = torch.isfinite(self.first_bad[:1]).to(torch.float64)  # a first non-finite step was recorded
+        any_bad = all_reduce_sum(local_bad.clone(), context)
+        values = torch.cat([self.sums, any_bad, local_bad, self.first_bad]).tolist()
+        loss, correct, count = values[LOSS], values[CORRECT], values[COUNT]
+        bad_anywhere, bad_here, bad_step, bad_loss = values[5:]
+        first, last = self.checked + 1, self.steps
+        self.checked = self.steps
+        if bad_anywhere:
+            where = (f" {bad_loss} at epoch {epoch + 1}, step {int(bad_step) + 1}" if bad_here else
+                     f" non-finite on another process at epoch {epoch + 1}, in steps {first}-{last}")
+            raise TrainingDiverged(f"the training loss became{where}; training stopped and the last good checkpoint "
+                                   "was kept (try a lower lr)")
+        count = max(count, 1.0)
+        return {"loss": loss / count, "top1": 100.0 * correct / count}
+
+    def reduced(self, context: DistContext) -> torch.Tensor:
+        """Return the (5,) sums over every process, on the CPU (read once, at the end of the epoch)."""
+        return all_reduce_sum(self.sums.clone(), context).cpu()
 
 
-__all__ = ["StepBatch", "StepResult", "TrainingDiverged", "autocast_context", "build_optimizer", "check_finite_loss",
-           "compute_step_loss", "cutmix_generator", "draw_cutmix_boxes", "learning_rate", "to_memory_format",
-           "train_step"]
+__all__ = ["CompiledLoss", "EpochTotals", "StepBatch", "StepResult", "TrainingDiverged", "autocast_context",
+           "boxes_tensor", "build_optimizer", "compute_step_loss", "cutmix_generator", "draw_cutmix_boxes",
+           "learning_rate", "loss_parts", "step_loss_function", "to_memory_format", "train_step",
+           "uses_semantic_labels"]

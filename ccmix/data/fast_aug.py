@@ -464,7 +464,7 @@ def box_blur_weights(radius: torch.Tensor) -> tuple[torch.Tensor, int]:
     """
     radius = radius.double().cpu()
     whole = torch.floor(radius)
-    reach = int(whole.max()) + 1 if radius.numel() else 1
+    reach = int(whole.numpy().max()) + 1 if radius.numel() else 1  # .numpy(): a host read, never a device wait
     inner = torch.floor(_FIXED_POINT / (2.0 * radius + 1.0))
     outer = torch.floor((_FIXED_POINT - (2.0 * whole + 1.0) * inner) / 2.0)
     distance = torch.arange(-reach, reach + 1, dtype=torch.float64).abs().view(1, -1)
@@ -659,7 +659,7 @@ def apply_autoaugment(images: torch.Tensor, params: dict) -> torch.Tensor:
         fire = params["apply"][:, slot]
         magnitude = params["magnitude"][:, slot]  # 0 for Invert: a solarize at threshold 0
         is_blend = {name: fire & (op == _OP[name]) for name in ("Brightness", "Color", "Contrast")}
-        if any(mask.any() for mask in is_blend.values()):
+        if any(mask.numpy().any() for mask in is_blend.values()):  # CPU draws: .numpy() reads them on the host
             blending = is_blend["Brightness"] | is_blend["Color"] | is_blend["Contrast"]
             zeros = torch.zeros_like(magnitude)
             blend_(images, torch.where(blending, 1.0 + magnitude, torch.ones_like(magnitude)),
@@ -776,7 +776,7 @@ def apply_randaugment(images: torch.Tensor, params: dict, fill: tuple[float, flo
         fire = params["apply"][:, slot]
         argument = params["argument"][:, slot]
         is_blend = {name: fire & (op == _RA[name]) for name in ("Brightness", "Color", "Contrast")}
-        if any(mask.any() for mask in is_blend.values()):
+        if any(mask.numpy().any() for mask in is_blend.values()):  # CPU draws: .numpy() reads them on the host
             blending = is_blend["Brightness"] | is_blend["Color"] | is_blend["Contrast"]
             zeros = torch.zeros_like(argument)
             blend_(images, torch.where(blending, argument, torch.ones_like(argument)),
