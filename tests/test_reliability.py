@@ -139,6 +139,7 @@ def stale_temporaries(run_dir: Path) -> list[str]:
 # --------------------------------------------------------------------------- exact resume after SIGKILL
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL") or not Path("/proc/self/fd").is_dir(),
                     reason="needs SIGKILL and /proc (the slow-save helper finds file names there)")
 def test_sigkill_mid_epoch_and_mid_checkpoint_write_then_resume_matches_an_uninterrupted_run(tmp_path, started):
