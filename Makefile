@@ -1,5 +1,5 @@
 # Two commands on a fresh machine: `make train` (the main job) and `make test`.
-# `make test-fast` is the quick tier for the edit-test loop (under a minute on 2 cores).
+# `make test-fast` is the quick tier for the edit-test loop (no subprocesses, kernels or torchrun).
 # An active virtualenv or conda environment is used as it is; otherwise .venv is created with pip.
 SHELL := /bin/bash
 ACTIVE_ENV := $(or $(VIRTUAL_ENV),$(CONDA_PREFIX))
