@@ -168,10 +168,11 @@ if (run / "summary.json").is_file():
                    best_epoch=(summary.get("best") or {}).get("epoch"), train_seconds=summary.get("train_seconds"))
 records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] \
     if (run / "metrics.jsonl").is_file() else []
-rates = [r["samples_per_second"] for r in records[1:] if r.get("samples_per_second")]  # epoch 1 compiles
+steady = records[1:] or records  # epoch 1 compiles and records the CUDA graphs: left out when there are others
+rates = [r["samples_per_second"] for r in steady if r.get("samples_per_second")]
 if rates:
     figures["train_samples_per_second"] = round(statistics.median(rates), 1)
-    figures["epoch_seconds"] = round(statistics.median(r["seconds"] for r in records[1:]), 2)
+    figures["epoch_seconds"] = round(statistics.median(r["seconds"] for r in steady), 2)
 if records and figures.get("final_top1") is None:
     figures["last_top1"] = next((r["top1"] for r in reversed(records) if r.get("top1") is not None), None)
 print(json.dumps(figures))

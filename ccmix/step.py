@@ -261,12 +261,13 @@ class CompiledLoss:
     """``loss_parts`` under ``torch.compile`` (static shapes); eager again, with a warning, if compiling fails.
 
     On one CUDA device the step is compiled with CUDA graphs (``mode="reduce-overhead"``):
-    each call then replays the recorded kernels. Under DDP the default mode is used, since
-    its gradient hooks run between the graphs.
+    each call then replays the recorded kernels. The default mode is used under DDP, whose
+    gradient hooks run between the graphs, and with ``cuda_graphs=False`` (gradient
+    accumulation: gradients kept across replays would live in memory a replay reuses).
     """
 
-    def __init__(self, device: torch.device, context: DistContext, backend="inductor"):
-        self.cuda_graphs = device.type == "cuda" and not context.enabled and backend == "inductor"
+    def __init__(self, device: torch.device, context: DistContext, backend="inductor", cuda_graphs: bool = True):
+        self.cuda_graphs = cuda_graphs and device.type == "cuda" and not context.enabled and backend == "inductor"
         self.compiled = torch.compile(loss_parts, dynamic=False, backend=backend,
                                       mode="reduce-overhead" if self.cuda_graphs else None)
         self.function = self.compiled
@@ -289,7 +290,9 @@ class CompiledLoss:
 def step_loss_function(config: TrainConfig, device: torch.device, context: DistContext | None = None):
     """Return the function that computes a micro-batch's loss: ``loss_parts``, or a CompiledLoss when
     ``config.compile``. Build it once per run: a compiled function keeps its graphs between calls."""
-    return CompiledLoss(torch.device(device), context or DistContext()) if config.compile else loss_parts
+    if not config.compile:
+        return loss_parts
+    return CompiledLoss(torch.device(device), context or DistContext(), cuda_graphs=config.grad_accum_steps == 1)
 
 
 # --------------------------------------------------------------------------- the step

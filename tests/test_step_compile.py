@@ -106,6 +106,11 @@ def test_a_backend_that_fails_leaves_the_step_eager_with_a_warning():
 def test_step_loss_function_is_eager_unless_compile_is_set():
     assert step_loss_function(step_config(), CPU) is loss_parts
     assert isinstance(step_loss_function(step_config(compile=True), CPU), CompiledLoss)
+    cuda = torch.device("cuda")  # only named: nothing runs on it
+    assert step_loss_function(step_config(compile=True), cuda).cuda_graphs
+    # gradients accumulated over micro-batches would sit in memory that the next replay reuses
+    assert not step_loss_function(step_config(compile=True, grad_accum_steps=2), cuda).cuda_graphs
+    assert not step_loss_function(step_config(compile=True), CPU).cuda_graphs
 
 
 @needs_cpp_compiler
