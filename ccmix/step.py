@@ -192,8 +192,8 @@ def loss_parts(model: torch.nn.Module, view0: torch.Tensor, contrastive: torch.T
         if boxes is not None:
             box = CutMixBoxes(*boxes.unbind(0))
             view0 = paste(view0, foreground, box)
-            target = area_labels(labels, foreground_labels, kept_fraction(box, height, width), num_classes,
-                                 check_values=False)
+            lam = kept_fraction(box, height, width)
+            target = area_labels(labels, foreground_labels, lam, num_classes, check_values=False)
         tau = config.tau if config.uses_logit_adjustment else 0.0
         loss_bcl = None
         if config.uses_contrastive:
@@ -207,10 +207,13 @@ def loss_parts(model: torch.nn.Module, view0: torch.Tensor, contrastive: torch.T
                 all_embedding, output.centers.float(), all_labels, temperature=config.temperature, check_values=False
             )
             if semantic:
-                target = losses.semantic_label(
+                blended = losses.semantic_label(
                     output.embedding_raw[:size].float(), output.centers_raw.float(), target, class_counts,
                     topk=config.topk, omega=config.omega, check_values=False,
                 )
+                # Per-sample boxes: an image drawn not to mix has an empty box and keeps its hard label,
+                # since semantic labels are for mixed images. One box per batch labels the whole batch, as published.
+                target = torch.where((lam < 1.0).unsqueeze(1), blended, target) if config.cutmix_per_sample else blended
         else:
             logits = _classify(model, to_memory_format(view0, config)).float()
         loss_ce = losses.logit_adjusted_ce(logits, target, class_counts, tau, check_values=False)

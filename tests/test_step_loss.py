@@ -219,6 +219,29 @@ def test_mixed_methods_step_loss_matches_the_definition(method, epoch, semantic,
     assert_same(engine_step_loss(model, batch, rows, config, epoch=epoch), expected)
 
 
+def test_per_sample_images_drawn_not_to_mix_keep_their_hard_label_after_warm_up():
+    # with one box per image, an image drawn not to mix has an empty box: semantic labels are for mixed images only
+    model, batch, config = make_model(), make_batch(), config_for("concutmix", cutmix_per_sample=True)
+    rows = list(BOXES)
+    rows[1] = (3, 3, 3, 3)  # empty box: image 1 keeps every pixel
+    images, kept = mixed_images(batch, rows)
+    area = area_label(kept)
+    count = len(LABELS)
+    with torch.no_grad():
+        output = model(torch.cat([images, batch.contrastive[:, 0], batch.contrastive[:, 1]]))
+    blended = semantic_blend(output.embedding_raw[:count], output.centers_raw, area, config.topk, config.omega)
+    label = blended.clone()
+    label[1] = area[1]
+    assert area[1].tolist() == F.one_hot(torch.tensor(LABELS[1]), NUM_CLASSES).double().tolist()
+    logits = output.logits[:count]
+    bcl = balanced_contrastive(output.embedding[count:2 * count], output.embedding[2 * count:], output.centers,
+                               config.temperature)
+    ce = adjusted_ce(logits, label, config.tau)
+    assert adjusted_ce(logits, blended, config.tau) != pytest.approx(ce, rel=1e-4)  # the distinction is visible
+    expected = {"loss": config.alpha * ce + config.beta * bcl, "ce": ce, "bcl": bcl}
+    assert_same(engine_step_loss(model, batch, rows, config, epoch=LATE_EPOCH), expected)
+
+
 def test_each_ingredient_moves_the_expected_loss():
     """The expectation itself is sensitive to every ingredient the step assembles, so a step that drops one
     of them cannot match it by accident."""
