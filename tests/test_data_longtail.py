@@ -8,7 +8,7 @@ from longtail_reference import convention_indices
 
 from ccmix.data import longtail_counts, longtail_indices
 
-# Published totals of the CIFAR-LT benchmarks (DESIGN section 2).
+# Published totals of the CIFAR-LT benchmarks (docs/method.md, section 1).
 KNOWN_TOTALS = [
     (10, 5000, 100, 12406), (10, 5000, 50, 13996), (10, 5000, 10, 20431),
     (100, 500, 100, 10847), (100, 500, 50, 12608), (100, 500, 10, 19573),

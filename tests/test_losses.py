@@ -1,4 +1,4 @@
-"""Losses against loop implementations of their definitions (DESIGN section 2)."""
+"""Losses against loop implementations of their definitions (docs/method.md, section 4)."""
 
 import math
 

@@ -1,5 +1,5 @@
 """Tests of the CutMix explorer (ccmix.widgets), driven headlessly: widget values are set in Python and
-the numbers are checked against the definitions (DESIGN section 2), computed here by loops."""
+the numbers are checked against the definitions (docs/method.md, sections 2 and 5), computed here by loops."""
 
 from __future__ import annotations
 
