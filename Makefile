@@ -40,8 +40,9 @@ test: setup lint
 # Everything except the integration (subprocesses, Jupyter kernels, torchrun, ResNet-32 training),
 # slow, gpu and browser tests. pytest keeps the last -m it is given, so this replaces the default filter.
 FAST_MARKERS := not integration and not slow and not gpu and not browser
+# One process per core (pytest-xdist), each torch on one thread so the processes do not oversubscribe the cores.
 test-fast: setup
-	$(PY) -m pytest -m "$(FAST_MARKERS)"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n auto -m "$(FAST_MARKERS)"
 
 lint: setup
 	$(PY) -m ruff check ccmix tests benchmarks notebooks

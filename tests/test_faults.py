@@ -38,6 +38,7 @@ def tiny_config(**changes) -> TrainConfig:
 # --------------------------------------------------------------------------- interruption
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name == "nt", reason="needs POSIX signals")
 @pytest.mark.parametrize("signal_name, status", [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_signal_stops_at_a_step_boundary_keeps_the_last_epoch_and_the_same_command_resumes(
@@ -77,6 +78,7 @@ def test_a_signal_stops_at_a_step_boundary_keeps_the_last_epoch_and_the_same_com
 # --------------------------------------------------------------------------- disks
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the fault helper finds file names in /proc")
 @pytest.mark.parametrize("code, sentence", [
     (errno.ENOSPC, "the disk is full: writing {out} failed (No space left on device); free some space or use "
@@ -95,6 +97,7 @@ def test_a_disk_error_while_saving_is_one_sentence_and_a_failed_status(tmp_path,
     assert summary["status"] == "failed" and summary["error"] == expected and summary["epochs_completed"] == 0
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(os.name == "nt" or os.geteuid() == 0, reason="permissions do not bind root")
 def test_an_unwritable_run_folder_is_one_sentence(tmp_path):
     out = tmp_path / "run"
@@ -127,6 +130,7 @@ def folder_argv(root: Path, out: Path, *changes: str) -> list[str]:
                       "epochs=1", *changes)
 
 
+@pytest.mark.integration
 def test_an_image_that_breaks_inside_a_dataloader_worker_is_named(tmp_path):
     data, out = tmp_path / "data", tmp_path / "run"
     write_tree(data)
@@ -142,6 +146,7 @@ def test_an_image_that_breaks_inside_a_dataloader_worker_is_named(tmp_path):
     assert summary["status"] == "failed" and summary["error"] == lines[0][len("error: "):]
 
 
+@pytest.mark.integration
 def test_a_test_image_of_another_size_is_found_when_the_dataset_opens(tmp_path):
     data, out = tmp_path / "data", tmp_path / "run"
     write_tree(data)
@@ -290,6 +295,7 @@ def test_failures_are_recognised_and_told_as_one_sentence():
     assert failure_sentence(KeyError("a programming error")) is None  # keeps its traceback
 
 
+@pytest.mark.integration
 def test_a_failure_in_training_is_recorded_in_the_summary(tmp_path, monkeypatch):
     import ccmix.engine
 
@@ -334,6 +340,7 @@ def test_sigterm_under_torchrun_stops_every_process_at_the_same_step(tmp_path):
     assert len(stopped) == 2 and stopped[0] == stopped[1]  # the same epoch and step on both processes
 
 
+@pytest.mark.integration
 def test_in_a_notebook_a_fault_is_one_sentence_not_a_traceback(tmp_path):
     """IPython (and so Jupyter and papermill) shows ccmix's faults as ``error: <sentence>`` alone."""
     import subprocess

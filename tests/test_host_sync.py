@@ -91,6 +91,7 @@ def test_the_counter_sees_reads_and_data_dependent_shapes():
     assert reads.count == 6
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("pipeline", ["classic", "fast"])
 @pytest.mark.parametrize("method", METHODS)
 def test_steps_between_logging_steps_read_nothing_back(method, pipeline, warmed, tmp_path):

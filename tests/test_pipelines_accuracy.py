@@ -20,6 +20,9 @@ import torch
 from ccmix.config import TrainConfig
 from ccmix.engine import fit
 
+# twelve tiny training runs: in `make test`, not in `make test-fast`
+pytestmark = pytest.mark.integration
+
 METHODS = ("la", "cutmix", "concutmix")
 CLASSES = 10
 POOLED_TOLERANCE = 8.0  # points between the pooled means of the two pipelines

@@ -39,6 +39,9 @@ from ccmix.io import remove_stale_temporaries, temporary_name, write_text
 from ccmix.lock import RunFolderBusy, RunFolderLock
 from ccmix.run_guard import RunFolderConflict
 
+# real training subprocesses and whole tiny runs: in `make test`, not in `make test-fast`
+pytestmark = pytest.mark.integration
+
 needs_proc = pytest.mark.skipif(not hasattr(signal, "SIGKILL") or not Path("/proc/self/fd").is_dir(),
                                 reason="needs SIGKILL and /proc (the slow-save helper finds file names there)")
 

@@ -31,6 +31,9 @@ from ccmix.step import (
     uses_semantic_labels,
 )
 
+# torch.compile builds C++ kernels: in `make test`, not in `make test-fast`
+pytestmark = pytest.mark.integration
+
 CPU = torch.device("cpu")
 COUNTS = torch.tensor([40.0, 20.0, 10.0, 6.0, 4.0])
 
