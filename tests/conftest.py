@@ -63,3 +63,14 @@ def cifar10_jpg_root() -> Path:
     if not CIFAR10_JPG_ARCHIVE.is_file():
         pytest.skip(f"shared CIFAR-10 JPEG archive not found beside the repository ({CIFAR10_JPG_ARCHIVE.name})")
     return extract_once(CIFAR10_JPG_ARCHIVE, CIFAR10_JPG_CACHE)
+
+
+@pytest.fixture
+def started() -> list[subprocess.Popen]:
+    """Return a list for the test's background processes; any still running at teardown is killed."""
+    processes: list[subprocess.Popen] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=60)

@@ -72,17 +72,6 @@ def subprocess_env(helper_dir: Path, **extra: str) -> dict:
     return env
 
 
-@pytest.fixture
-def started() -> list[subprocess.Popen]:
-    """Return a list for the test's subprocesses; any still running at teardown is killed."""
-    processes: list[subprocess.Popen] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=60)
-
-
 def start(command: list[str], env: dict, log: Path, started: list[subprocess.Popen]) -> subprocess.Popen:
     """Return a started subprocess writing its output to ``log`` (recorded in ``started``)."""
     with open(log, "w") as handle:

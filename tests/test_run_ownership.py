@@ -46,17 +46,6 @@ needs_proc = pytest.mark.skipif(not hasattr(signal, "SIGKILL") or not Path("/pro
                                 reason="needs SIGKILL and /proc (the slow-save helper finds file names there)")
 
 
-@pytest.fixture
-def started():
-    """Return a list for the test's background processes; any still running at teardown is killed."""
-    processes: list[subprocess.Popen] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-
-
 def checkpoint_epoch(path: Path) -> int:
     """Return the epoch stored in a checkpoint."""
     return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
