@@ -62,12 +62,18 @@ def torchrun_style_env(rank: int, world_size: int) -> dict:
     return env
 
 
+SEMANTIC_EPOCH = 1  # 0-based; after l_d_warm=0, so concutmix steps use semantic labels
+
+
 def step_config(method: str, sync_bn: bool = True) -> TrainConfig:
-    """Return the config of the one-step comparisons: mixing on every step, semantic labels from epoch 0."""
+    """Return the config of the one-step comparisons: mixing on every step, semantic labels in the step's epoch.
+
+    The step trains 0-based epoch 1: semantic labels start after epoch ``l_d_warm`` (0), as published.
+    """
     return TrainConfig(
         dataset="synthetic", synthetic_classes=NUM_CLASSES, imb=10, method=method, batch_size=GLOBAL_BATCH,
         num_workers=0, topk=3, omega=1.0, l_d_warm=0, cutmix_prob=1.0, cutmix_per_sample=method == "concutmix",
-        warmup_epochs=0, milestones=(), lr=0.1, epochs=1, max_steps_per_epoch=1, sync_bn=sync_bn, progress=False,
+        warmup_epochs=0, milestones=(), lr=0.1, epochs=2, max_steps_per_epoch=1, sync_bn=sync_bn, progress=False,
         seed=3,
     )
 
@@ -118,7 +124,7 @@ def train_one_step(config: TrainConfig, context: DistContext) -> dict:
     model, sync_bn = synchronise_batchnorm(model, config, context)
     optimizer = build_optimizer(model, config)
     training_model = wrap_for_training(model, config, context, sync_bn=sync_bn)
-    record = train_one_epoch(training_model, FixedPipeline(batch, config), optimizer, config, 0,
+    record = train_one_epoch(training_model, FixedPipeline(batch, config), optimizer, config, SEMANTIC_EPOCH,
                              torch.tensor(class_counts, dtype=torch.float32), torch.device("cpu"), context,
                              progress=False)
     state = {key: value.detach().clone() for key, value in model.state_dict().items()}
