@@ -35,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from ccmix.config import ConfigError
-from ccmix.notebook_params import NOTEBOOK_PARAMETERS, find_repo_root
+from ccmix.notebook_params import NOTEBOOK_PARAMETERS, notebooks_dir
 from ccmix.run_folder import RunFolder
 from ccmix.sweep_plan import GRID_KEYS as GRID_KEYS  # re-exported: kept importable from here
 from ccmix.sweep_plan import REPLACED_DIR as REPLACED_DIR
@@ -103,7 +103,7 @@ def _slurm_options(slurm: dict | None):
 
 def _train_notebook(notebook: str | os.PathLike | None) -> Path:
     """Return the path of the train notebook the papermill launcher executes (default: the repository's)."""
-    notebook_path = Path(notebook) if notebook is not None else find_repo_root() / "notebooks" / "train.ipynb"
+    notebook_path = Path(notebook) if notebook is not None else notebooks_dir() / "train.ipynb"
     if not notebook_path.is_file():
         raise ValueError(f"notebook {str(notebook_path)!r} does not exist; give the path of train.ipynb")
     return notebook_path
