@@ -80,6 +80,11 @@ RESUMABLE_RECIPE_FIELDS = ("epochs",)
 # --------------------------------------------------------------------------- field metadata
 
 
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ValueError(f"role {role!r} is unknown; accepted: {', '.join(ROLES)}")
+
+
 def spec(default, role: str, help: str, *, choices: tuple | None = None, minimum: float | None = None,
          maximum: float | None = None, above: float | None = None, meaning: str = "", none_means: str = "",
          path: bool = False) -> dataclasses.Field:
@@ -89,8 +94,7 @@ def spec(default, role: str, help: str, *, choices: tuple | None = None, minimum
     said in error sentences ("imb is N_max / N_min and must be ..."); ``none_means`` says what None does;
     ``path`` marks text that names a file or folder (it may not be empty).
     """
-    if role not in ROLES:
-        raise ValueError(f"role {role!r} is unknown; accepted: {', '.join(ROLES)}")
+    _check_role(role)
     metadata = {"role": role, "help": help, "choices": choices, "minimum": minimum, "maximum": maximum,
                 "above": above, "meaning": meaning, "none_means": none_means, "path": path}
     return dataclasses.field(default=default, metadata=MappingProxyType(metadata))
@@ -283,8 +287,7 @@ def field_help(name: str) -> str:
 
 def fields_with_role(role: str) -> tuple[str, ...]:
     """Return the names of the fields with ``role`` (recipe, seed or runtime), in declaration order."""
-    if role not in ROLES:
-        raise ValueError(f"role {role!r} is unknown; accepted: {', '.join(ROLES)}")
+    _check_role(role)
     return tuple(f.name for f in fields(TrainConfig) if f.metadata["role"] == role)
 
 
@@ -363,8 +366,7 @@ def recipe_differences(a: TrainConfig | Mapping, b: TrainConfig | Mapping,
     (a run folder written before the field existed) is not compared.
     """
     for role in roles:
-        if role not in ROLES:
-            raise ValueError(f"role {role!r} is unknown; accepted: {', '.join(ROLES)}")
+        _check_role(role)
     first, second = _config_dict(a), _config_dict(b)
     return [f.name for f in fields(TrainConfig)
             if f.metadata["role"] in roles and f.name in first and f.name in second
