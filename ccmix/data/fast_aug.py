@@ -679,6 +679,7 @@ RANDAUGMENT_OPS = (
 )
 _RA = {name: code for code, name in enumerate(RANDAUGMENT_OPS)}
 RANDAUGMENT_SIGNED_OPS = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+_RA_IS_SIGNED = torch.tensor([name in RANDAUGMENT_SIGNED_OPS for name in RANDAUGMENT_OPS])  # per op code
 RANDAUGMENT_MAX_LEVEL = 10.0
 RANDAUGMENT_OP_PROB = 0.5
 
@@ -723,9 +724,7 @@ def sample_randaugment(batch: int, generator: torch.Generator, image_size: tuple
     negative = torch.rand(batch, num_ops, generator=generator) < 0.5
     bicubic = torch.rand(batch, num_ops, generator=generator) < 0.5
     argument = randaugment_arguments(op.reshape(-1), level.reshape(-1), *image_size).view(batch, num_ops)
-    signed = torch.zeros(len(RANDAUGMENT_OPS), dtype=torch.bool)
-    signed[[_RA[name] for name in RANDAUGMENT_SIGNED_OPS]] = True
-    argument = torch.where(signed[op] & negative, -argument, argument)
+    argument = torch.where(_RA_IS_SIGNED[op] & negative, -argument, argument)
     return {"op": op, "apply": fire, "level": level, "argument": argument, "bicubic": bicubic}
 
 
@@ -756,9 +755,15 @@ def _randaugment_handlers(fill: tuple[float, float, float]) -> list:
     ]
 
 
-_RA_GROUP_OF_OP = {"Sharpness": 2, "Posterize": 3, "Solarize": 4, "SolarizeAdd": 5, "AutoContrast": 6,
-                   "Equalize": 7, "Invert": 8}
-_RA_GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+# Per op code: its group in ``_randaugment_handlers`` (none for Brightness, Color and Contrast, which are one
+# blend), and whether it is geometric (group 0 bilinear or 1 bicubic, drawn per image).
+_RA_NO_GROUP = 9  # len(_randaugment_handlers(fill))
+_RA_GROUP_OF_OP = torch.tensor([
+    {"Sharpness": 2, "Posterize": 3, "Solarize": 4, "SolarizeAdd": 5, "AutoContrast": 6, "Equalize": 7,
+     "Invert": 8}.get(name, _RA_NO_GROUP) for name in RANDAUGMENT_OPS
+])
+_RA_IS_GEOMETRIC = torch.tensor([name in ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+                                 for name in RANDAUGMENT_OPS])
 
 
 def apply_randaugment(images: torch.Tensor, params: dict, fill: tuple[float, float, float]) -> torch.Tensor:
@@ -770,7 +775,6 @@ def apply_randaugment(images: torch.Tensor, params: dict, fill: tuple[float, flo
     """
     height, width = images.shape[-2:]
     handlers = _randaugment_handlers(fill)
-    no_group = len(handlers)
     for slot in range(params["op"].shape[1]):
         op = params["op"][:, slot]
         fire = params["apply"][:, slot]
@@ -782,14 +786,8 @@ def apply_randaugment(images: torch.Tensor, params: dict, fill: tuple[float, flo
             blend_(images, torch.where(blending, argument, torch.ones_like(argument)),
                    torch.where(is_blend["Color"], 1.0 - argument, zeros),
                    torch.where(is_blend["Contrast"], 1.0 - argument, zeros))
-        group = torch.full_like(op, no_group)
-        for name, index in _RA_GROUP_OF_OP.items():
-            group = torch.where(op == _RA[name], index, group)
-        geometric = torch.zeros_like(fire)
-        for name in _RA_GEOMETRIC:
-            geometric |= op == _RA[name]
-        group = torch.where(geometric, params["bicubic"][:, slot].long(), group)
-        group = torch.where(fire, group, no_group)
+        group = torch.where(_RA_IS_GEOMETRIC[op], params["bicubic"][:, slot].long(), _RA_GROUP_OF_OP[op])
+        group = torch.where(fire, group, _RA_NO_GROUP)
         slot_params = {"argument": argument, "coefficients": randaugment_coefficients(op, argument, height, width)}
         apply_grouped(images, group, handlers, slot_params)
     return images
