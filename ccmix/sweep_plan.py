@@ -10,7 +10,6 @@ moved aside when asked. Every public name here is also importable from
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 import shutil
@@ -20,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccmix.config import ConfigError, TrainConfig
+from ccmix.config import ConfigError, TrainConfig, recipe_differences, shown_value
 from ccmix.notebook_params import check_notebook_parameters, find_repo_root, resolve_train_parameters
 from ccmix.run_folder import RunFolder
 
@@ -30,14 +29,8 @@ REPLACED_DIR = "replaced"  # runs_dir/replaced/<run>-<time>: run folders moved a
 
 def differences_text(saved: dict, requested: dict, roles: tuple[str, ...] = ("recipe", "seed")) -> list[str]:
     """Return "field (saved X, requested Y)" for every field of ``roles`` on which the config dicts differ."""
-    from ccmix.config import recipe_differences
-
-    return [f"{name} (saved {_comparable(saved[name])!r}, requested {_comparable(requested[name])!r})"
+    return [f"{name} (saved {shown_value(saved[name])}, requested {shown_value(requested[name])})"
             for name in recipe_differences(saved, requested, roles=roles)]
-
-
-def _comparable(value):
-    return list(value) if isinstance(value, tuple) else value
 
 
 @dataclass(frozen=True)
@@ -53,7 +46,7 @@ class PlannedRun:
 
     def overrides(self) -> dict:
         """Return the config fields (name -> value) that differ from the preset (or the defaults) it starts from."""
-        start = (dataclasses.replace(_preset_config(self.preset)) if self.preset else TrainConfig()).to_dict()
+        start = (_preset_config(self.preset) if self.preset else TrainConfig()).to_dict()
         return {key: value for key, value in self.config.to_dict().items() if start[key] != value}
 
     def train_arguments(self) -> list[str]:
