@@ -128,7 +128,8 @@ def summarize_runs(results: pd.DataFrame, metrics: Sequence[str] = METRIC_COLUMN
     """Return mean and standard deviation (over seeds) of ``metrics`` per setting, completed runs only, beside
     the published numbers.
 
-    Runs are grouped by every config value except seed and paths; the index shows the values that
+    Runs are grouped by their recipe fields and preset (:func:`setting_columns`: not the seed, nor the
+    runtime fields such as paths and device); the index shows the values that
     differ between settings (always method and imb). Columns: runs, seeds, ``<metric>_mean``,
     ``<metric>_std`` (sample standard deviation; NaN for a single run), ``published_top1`` (and
     many/medium/few) of the preset the setting reproduces, and ``gap_final_top1_mean`` /
