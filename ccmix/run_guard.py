@@ -26,18 +26,18 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ccmix.checkpoint import CheckpointError
+from ccmix.checkpoint import BEST, DAMAGED_SUFFIX, LAST, PREVIOUS, CheckpointError
 from ccmix.config import ConfigError, TrainConfig, resume_differences
 from ccmix.errors import RunFailed, ShownAsSentence, as_user_error, original_message
 from ccmix.interrupt import TrainingInterrupted, stop_requests
 from ccmix.io import read_json
 from ccmix.lock import RunFolderBusy, RunFolderLock
+from ccmix.run_folder import CONFIG, METRICS, PER_CLASS, PREDICTIONS, SUMMARY
 from ccmix.step import TrainingDiverged
 
-CONFIG, SUMMARY, METRICS = "config.json", "summary.json", "metrics.jsonl"
-CHECKPOINTS = ("last.pt", "previous.pt")
-RESULT_FILES = ("best.pt", "per_class.csv", "predictions.npz")  # what a run that got somewhere leaves
-RUN_FILES = (CONFIG, SUMMARY, METRICS, *CHECKPOINTS, *RESULT_FILES, "last.pt.damaged")
+CHECKPOINTS = (LAST, PREVIOUS)
+RESULT_FILES = (BEST, PER_CLASS, PREDICTIONS)  # what a run that got somewhere leaves
+RUN_FILES = (CONFIG, SUMMARY, METRICS, *CHECKPOINTS, *RESULT_FILES, LAST + DAMAGED_SUFFIX)
 
 
 class RunFolderConflict(ShownAsSentence, ConfigError):
