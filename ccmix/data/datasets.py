@@ -88,6 +88,10 @@ class LabelledImages(torch.utils.data.Dataset):
         """Return a dataset of the same kind holding only ``indices`` (in that order)."""
         raise NotImplementedError
 
+    def identity_records(self) -> list[str]:
+        """Return one string per image identifying it (here its index and label; see ``ccmix.data.identity``)."""
+        return [f"{index}\t{target}" for index, target in enumerate(self.targets)]
+
 
 class ArrayImages(LabelledImages):
     """Images held in memory as a uint8 (N, H, W, 3) numpy array (CIFAR, synthetic)."""

@@ -23,8 +23,7 @@ import hashlib
 def fingerprint(dataset) -> str:
     """Return the SHA-256 hex digest of ``dataset``'s identity records (see the module docstring)."""
     hasher = hashlib.sha256()
-    records = dataset.identity_records() if hasattr(dataset, "identity_records") else [
-        f"{index}\t{target}" for index, target in enumerate(dataset.targets)]
+    records = dataset.identity_records()
     hasher.update(f"{type(dataset).__name__}:{len(records)}\n".encode())
     for record in records:
         hasher.update(record.encode("utf-8", "surrogateescape") + b"\n")
