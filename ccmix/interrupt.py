@@ -57,11 +57,6 @@ class StopRequests:
         if self.signal_number is None:
             self.signal_number = signal_number
 
-    @property
-    def signal_name(self) -> str:
-        """Return the name of the signal that asked to stop, e.g. SIGTERM."""
-        return signal.Signals(self.signal_number).name if self.signal_number is not None else "no signal"
-
     def agreed_signal(self, context) -> int | None:
         """Return the signal number that stops every rank now, or None to go on (an all-reduce when distributed)."""
         if context is None or not getattr(context, "enabled", False):
