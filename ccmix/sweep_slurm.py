@@ -101,14 +101,13 @@ def _check_int(name: str, value, minimum: int, optional: bool) -> None:
 def train_in_job(arguments: list[str]) -> dict:
     """Return the summary of ``python -m ccmix train <arguments>`` run in this task (a rank when a run has
     several GPUs: the task's tasks form the process group)."""
-    from ccmix.__main__ import build_parser
-    from ccmix.config import parse_set_arguments, resolve
+    from ccmix.__main__ import build_parser, train_config
     from ccmix.engine import fit
 
     if submitit.JobEnvironment().num_tasks > 1:
         submitit.helpers.TorchDistributedEnvironment().export()  # RANK, WORLD_SIZE, MASTER_ADDR, ... for fit
     args = build_parser().parse_args(list(arguments))
-    config = resolve(args.preset, parse_set_arguments(args.set or []))
+    config, _ = train_config(args.preset, args.set)
     return fit(config, args.out, preset=args.preset)
 
 
