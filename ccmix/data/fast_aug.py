@@ -47,9 +47,10 @@ blur, normalise) from uint8: kornia 0.9 about 2,200 pairs per CPU-second, this m
 about 6,500 (one intra-op thread, best of 8 runs), i.e. about 3x. So this module is
 plain batched torch code, written to touch memory as little as possible (on the CPU a
 fresh batch-sized tensor costs more than an in-place pass): integer-shift crops by one
-``gather`` on uint8; one bilinear ``grid_sample`` for crop + flip + resize; one PIL-convention
-affine gather per interpolation for the geometric AutoAugment operations; brightness, contrast and saturation as one
-in-place per-image blend; a modulo-free HSV hue rotation; PIL's box-pass blur with
+``gather`` on uint8; one bilinear ``grid_sample`` for crop + flip + resize; PIL-convention
+affine resampling for the geometric AutoAugment operations, one group per interpolation (one
+gather for nearest neighbour, one per kernel tap for bicubic); brightness, contrast and saturation
+as one in-place per-image blend; a modulo-free HSV hue rotation; PIL's box-pass blur with
 per-image weights.
 """
 
