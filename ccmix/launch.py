@@ -27,6 +27,14 @@ LOG_NAME = "launch.log"  # torchrun's and the workers' output, appended, inside 
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 
 
+def child_environment() -> dict:
+    """Return this process's environment for a training subprocess: this package importable, output unbuffered."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 def format_override(value) -> str:
     """Return ``value`` written as ``--set key=VALUE`` text that ``ccmix.config.parse_value`` reads back."""
     if value is None:
@@ -114,9 +122,7 @@ def launch_torchrun(
         )
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    child_env = dict(os.environ)
-    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), child_env.get("PYTHONPATH")) if p)
-    child_env["PYTHONUNBUFFERED"] = "1"
+    child_env = child_environment()
     if nnodes == 1 and "GLOO_SOCKET_IFNAME" not in child_env and os.path.exists("/sys/class/net/lo"):
         child_env["GLOO_SOCKET_IFNAME"] = "lo"  # CPU (gloo) runs on one node talk over loopback only
     child_env.update(env or {})
@@ -209,5 +215,5 @@ def follow_run(
         )
 
 
-__all__ = ["launch_torchrun", "follow_run", "stop_run", "log_tail", "torchrun_command", "format_override",
+__all__ = ["child_environment", "launch_torchrun", "follow_run", "stop_run", "log_tail", "torchrun_command", "format_override",
            "train_arguments"]

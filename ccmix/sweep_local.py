@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccmix.launch import LOG_NAME, PACKAGE_PARENT
+from ccmix.launch import LOG_NAME, child_environment
 
 # The command line prints "error: <sentence>" for the errors a user can fix; a traceback ends "Name: message".
 _ERROR_LINE = re.compile(r"^error: (?P<sentence>.+)$")
@@ -93,9 +93,7 @@ def run_packed(
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs={jobs!r} is not accepted; it must be an integer >= 1")
     groups = gpu_groups(list(visible_gpus() if gpus is None else gpus), gpus_per_run)
-    base_env = dict(os.environ)
-    base_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), base_env.get("PYTHONPATH")) if p)
-    base_env["PYTHONUNBUFFERED"] = "1"
+    base_env = child_environment()
     if not groups and "OMP_NUM_THREADS" not in base_env and jobs > 1:
         # CPU runs side by side: split the cores instead of letting every process claim all of them
         base_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // min(jobs, len(commands) or 1)))
