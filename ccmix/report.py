@@ -140,11 +140,6 @@ def epoch_line(record: dict, *, epochs: int, seconds_left: float | None) -> str:
     return "  ".join(parts)
 
 
-def estimate_seconds(*, seconds_per_step: float, steps_per_epoch: int, epochs: int) -> float:
-    """Return the training time (s) of ``epochs`` epochs of ``steps_per_epoch`` steps at ``seconds_per_step``."""
-    return seconds_per_step * steps_per_epoch * epochs
-
-
 def epochs_within(seconds: float, *, seconds_per_epoch: float) -> int:
     """Return how many whole epochs fit in ``seconds`` at ``seconds_per_epoch`` (at least 1)."""
     return max(1, int(seconds // max(seconds_per_epoch, 1e-9)))
@@ -282,5 +277,5 @@ def start_run_report(*, config, device, preset: str | None, train_images: int, t
 
 __all__ = [
     "RunReporter", "start_run_report", "cpu_core_count", "describe_device", "epoch_line", "epochs_within", "estimate_message",
-    "estimate_seconds", "format_duration", "mean_recent", "precision_text", "preset_text", "run_header",
+    "format_duration", "mean_recent", "precision_text", "preset_text", "run_header",
 ]
