@@ -120,14 +120,23 @@ _REQUIRED_CONFIG_KEYS = ("method", "dataset", "imb", "seed", "num_classes", "tra
 def run_problem(run) -> str | None:
     """Return why a run folder cannot be analysed, as one sentence naming it, or None when it can: not
     completed (failed, diverged, still running), non-finite results, or a missing or inconsistent config."""
+    return _loaded_run(run)[0]
+
+
+def _loaded_run(run) -> tuple[str | None, RunRecord | None]:
+    """Return (:func:`run_problem`'s sentence or None, the run's record when it could be read)."""
     folder = Path(getattr(run, "path", run))
     for filename in ("config.json", "summary.json"):  # checked here: a reader may take a damaged file for none
         if (folder / filename).is_file() and not _is_json(folder / filename):
-            return f"run {folder.name!r} has a {filename} that cannot be read as JSON"
+            return f"run {folder.name!r} has a {filename} that cannot be read as JSON", None
     try:
         record = load_run(run)
     except (ValueError, OSError) as error:  # a missing folder, or a damaged CSV file
-        return f"run {str(folder)!r} cannot be read ({error})"
+        return f"run {str(folder)!r} cannot be read ({error})", None
+    return _record_problem(record), record
+
+
+def _record_problem(record: RunRecord) -> str | None:
     name = f"run {record.name!r}"
     if not record.config:
         return f"{name} has no config.json"
@@ -177,9 +186,9 @@ def usable_runs(runs, report=print) -> list[RunRecord]:
         runs = [runs]
     usable = []
     for run in runs:
-        problem = run_problem(run)
+        problem, record = _loaded_run(run)
         if problem is not None:
             report(f"skipped: {problem}")
             continue
-        usable.append(load_run(run))
+        usable.append(record)
     return usable
