@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from ccmix.config import BACKGROUND_SAMPLERS, FOREGROUND_SAMPLERS
-from ccmix.rng import mix_seed, torch_generator
+from ccmix.rng import torch_generator
 
 
 def foreground_class_probabilities(class_counts: Sequence[int] | torch.Tensor, sampler: str) -> torch.Tensor:
@@ -125,5 +125,5 @@ def sample_epoch_indices(
     return background_indices, foreground_indices.reshape(steps, width)
 
 
-__all__ = ["BACKGROUND_SAMPLERS", "FOREGROUND_SAMPLERS", "foreground_class_probabilities", "epoch_generator", "mix_seed",
+__all__ = ["BACKGROUND_SAMPLERS", "FOREGROUND_SAMPLERS", "foreground_class_probabilities", "epoch_generator",
            "sample_epoch_indices"]
