@@ -112,14 +112,6 @@ def _all_gather_autograd(tensor: torch.Tensor) -> torch.Tensor:
     return collectives.wait_tensor(gather(tensor.contiguous(), 0, dist.group.WORLD))
 
 
-def interleave_ranks(gathered: torch.Tensor, world_size: int) -> torch.Tensor:
-    """Return rows of a rank-ordered gather put back in global-batch order (rank r held columns r::world_size)."""
-    if world_size == 1:
-        return gathered
-    per_rank = gathered.shape[0] // world_size
-    return gathered.view(world_size, per_rank, *gathered.shape[1:]).transpose(0, 1).reshape(gathered.shape)
-
-
 def all_reduce_sum(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
     """Return ``tensor`` summed over ranks (in place where distributed)."""
     if context.enabled:
