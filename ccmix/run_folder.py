@@ -100,9 +100,7 @@ class RunFolder:
                 for line in handle:
                     if line.strip():
                         records.append(json.loads(line))
-        except FileNotFoundError:
-            pass
-        except json.JSONDecodeError:  # files are replaced atomically; this only guards foreign writers
+        except (FileNotFoundError, json.JSONDecodeError):  # absent; or damaged, which only a foreign writer can do
             pass
         return records
 
