@@ -32,7 +32,7 @@ from ccmix.errors import RunFailed, ShownAsSentence, as_user_error, original_mes
 from ccmix.interrupt import TrainingInterrupted, stop_requests
 from ccmix.io import read_json
 from ccmix.lock import RunFolderBusy, RunFolderLock
-from ccmix.run_folder import CONFIG, METRICS, PER_CLASS, PREDICTIONS, SUMMARY
+from ccmix.run_folder import CONFIG, METRICS, PER_CLASS, PREDICTIONS, SUMMARY, RunFolder
 from ccmix.step import TrainingDiverged
 
 CHECKPOINTS = (LAST, PREVIOUS)
@@ -176,7 +176,7 @@ def check_data_identity(saved: dict | None, current: dict, where: str, compare_t
 class Guard:
     """What :func:`guarded_run` found: the verdict, and the data identity once :meth:`check_data` saw the data."""
 
-    folder: object  # ccmix.run_folder.RunFolder
+    folder: RunFolder
     config: TrainConfig
     verdict: Verdict
     identity: dict | None = None
