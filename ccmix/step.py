@@ -8,8 +8,8 @@ label; plus the balanced contrastive loss (Zhu et al., CVPR 2022) over two more 
 See ``docs/method.md``.
 
 ``train_step`` is the one implementation of a step (zero_grad, micro-batches for
-gradient accumulation, forward and loss, backward, optimizer step) that training and
-the bench (``ccmix.bench``) both call. It returns detached device tensors and reads
+gradient accumulation, forward and loss, backward, optimizer step) that training, the
+bench (``ccmix.bench``) and ``benchmarks/step_seconds.py`` all call. It returns detached device tensors and reads
 nothing back to the host.
 """
 
