@@ -101,38 +101,32 @@ def test_a_recipe_change_loses_the_published_number_everywhere(name, seed, data_
     assert published_top1_for(config, name) is None and published_top1_for(config) is None
 
 
+def another_value(config: TrainConfig, field: str):
+    """Return a value of ``field`` that differs from ``config``'s and that its rule's kind can hold."""
+    rule = config_module.field_rule(field)
+    value = getattr(config, field)
+    if rule.choices is not None:
+        return next(choice for choice in rule.choices if choice != value)
+    if rule.kind == "bool":
+        return True if value is None else not value
+    if rule.kind == "ints":
+        return (*value, value[-1] + 1) if value else (1,)
+    if rule.kind in ("str", "path"):
+        return "elsewhere"
+    return 1 if value is None else value + 1
+
+
 @pytest.mark.parametrize("field", recipe_fields())
 def test_every_recipe_field_is_compared(field):
     reference = PRESETS["cifar100_imb100"]
-    rule = config_module.field_rule(field)
-    value = getattr(reference, field)
-    if rule.choices is not None:
-        changed = next(choice for choice in rule.choices if choice != value)
-    elif rule.kind == "bool":
-        changed = not value
-    elif rule.kind == "ints":
-        changed = (*value, value[-1] + 1) if value else (1,)
-    elif value is None:
-        changed = 1
-    else:
-        changed = value + 1
-    assert published_top1_for(reference.replace(**{field: changed})) is None
+    assert published_top1_for(reference.replace(**{field: another_value(reference, field)})) is None
 
 
 @pytest.mark.parametrize("field", config_module.fields_with_role("runtime"))
 def test_no_runtime_field_changes_the_match(field):
     reference = PRESETS["cifar10_imb100"]
-    rule = config_module.field_rule(field)
-    value = getattr(reference, field)
-    if rule.choices is not None:
-        changed = next(choice for choice in rule.choices if choice != value)
-    elif rule.kind == "bool":
-        changed = True if value is None else not value
-    elif rule.kind in ("str", "path"):
-        changed = "elsewhere"
-    else:
-        changed = value + 1
-    assert published_top1_for(reference.replace(**{field: changed})) == PUBLISHED_TOP1["cifar10_imb100"]
+    changed = reference.replace(**{field: another_value(reference, field)})
+    assert published_top1_for(changed) == PUBLISHED_TOP1["cifar10_imb100"]
 
 
 def test_fit_records_what_the_functions_say(tmp_path, monkeypatch):
