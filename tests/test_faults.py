@@ -146,12 +146,18 @@ def test_an_image_that_breaks_inside_a_dataloader_worker_is_named(tmp_path):
     assert summary["status"] == "failed" and summary["error"] == lines[0][len("error: "):]
 
 
-@pytest.mark.integration
-def test_a_test_image_of_another_size_is_found_when_the_dataset_opens(tmp_path):
-    data, out = tmp_path / "data", tmp_path / "run"
+def tree_with_an_odd_test_image(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Return (data root, run folder, the odd image): a folder tree whose test image ant/02.png is 48x40."""
+    data = tmp_path / "data"
     write_tree(data)
     odd = data / "test" / "ant" / "02.png"
     Image.new("RGB", (48, 40)).save(odd)
+    return data, tmp_path / "run", odd
+
+
+@pytest.mark.integration
+def test_a_test_image_of_another_size_is_found_when_the_dataset_opens(tmp_path):
+    data, out, odd = tree_with_an_odd_test_image(tmp_path)
     result = run_cli(folder_argv(data, out))
     assert result.returncode == 2, result.stderr
     assert error_lines(result.stderr) == [
@@ -346,10 +352,7 @@ def test_in_a_notebook_a_fault_is_one_sentence_not_a_traceback(tmp_path):
     import subprocess
     import sys
 
-    data, out = tmp_path / "data", tmp_path / "run"
-    write_tree(data)
-    odd = data / "test" / "ant" / "02.png"
-    Image.new("RGB", (48, 40)).save(odd)
+    data, out, odd = tree_with_an_odd_test_image(tmp_path)
     cell = ("import ccmix\nfrom ccmix.config import TrainConfig\n"
             f"ccmix.fit(TrainConfig(dataset='folder', data_root={str(data)!r}, imb=1.0, topk=2, epochs=1, "
             f"batch_size=8, num_workers=0, device='cpu', progress=False), {str(out)!r})")
