@@ -106,8 +106,10 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Return the temporary files of dead ccmix writers found in ``folder``, after deleting them.
 
     Only files named by :func:`temporary_name` are considered, and of those only ones
-    whose writer is not a live process of this host (a writer on another host cannot be
-    asked; the caller holds the folder's lock, so no other trainer writes there).
+    whose writer is not a live process of this host (:func:`process_alive`, the test the
+    run-folder lock also falls back on; a writer on another host cannot be asked, and the
+    caller holds the folder's lock, so no other trainer writes there). A trainer killed
+    with -9 is gone at once, though its DataLoader workers may outlive it: they write nothing.
     Call it only while holding the run folder's lock.
     """
     folder = Path(folder)
@@ -129,7 +131,8 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
 
 
 def process_alive(pid: int) -> bool:
-    """Return True when a process ``pid`` exists on this host (it may belong to another user)."""
+    """Return True when a process ``pid`` runs on this host (it may belong to another user); a killed process
+    that its parent has not reaped yet (a zombie) is not alive."""
     if pid <= 0:
         return False
     if os.name == "nt":  # os.kill would terminate the process there; never delete what might be live
@@ -139,10 +142,20 @@ def process_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
+        pass
     except OSError:  # platforms without signal 0: assume alive, never delete a live writer's file
         return True
-    return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """Return True when /proc says process ``pid`` has exited and awaits its parent (False where /proc is absent)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] == b"Z"  # the state follows the command in parentheses
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

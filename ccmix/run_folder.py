@@ -26,6 +26,7 @@ import numpy as np
 import ccmix
 from ccmix.config import ConfigError, TrainConfig, published_top1_for, resume_differences
 from ccmix.io import atomic_write, read_json, read_jsonl, remove_stale_temporaries, write_json, write_jsonl, write_text
+from ccmix.lock import live_holder
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -34,6 +35,9 @@ SUMMARY = "summary.json"
 PREDICTIONS = "predictions.npz"
 BEST_NOTE = "selected on the test set, optimistic"
 SHOT_KEYS = ("top1", "many", "medium", "few")
+STOPPED = "stopped"  # how readers show a "running" summary that no live process holds
+STOPPED_REASON = ("no process holds the run folder, yet its summary says running: the training stopped without "
+                  "recording why (killed, or its machine or disk failed); run the same command again to resume")
 
 
 def check_resume_compatible(saved: dict, config: TrainConfig, path: Path) -> None:
@@ -89,8 +93,9 @@ class RunFolder:
         return _read_json_or_none(self.file(CONFIG))
 
     def read_summary(self) -> dict | None:
-        """Return summary.json's content, or None when it is absent or unreadable."""
-        return _read_json_or_none(self.file(SUMMARY))
+        """Return summary.json's content, or None when it is absent or unreadable; a run it calls "running"
+        whose training process is gone reads as "stopped" (see :func:`observed_summary`)."""
+        return observed_summary(self.path, _read_json_or_none(self.file(SUMMARY)))
 
     def read_metrics(self) -> list[dict]:
         """Return metrics.jsonl's records, one per epoch: [] when absent, those before a damaged line if any."""
@@ -137,7 +142,7 @@ class RunFolder:
 
     def summary(self, status: str, epochs_completed: int, best: dict | None, train_seconds: float,
                 final_metrics: dict | None = None, error: str | None = None) -> dict:
-        """Return summary.json's dict: status (running, failed, completed), final and best records.
+        """Return summary.json's dict: status (running, failed, interrupted, completed), final and best records.
 
         ``final_metrics`` are the metrics of the model after ``epochs_completed`` epochs (None while
         running); ``best`` the best record so far, else the final one.
@@ -236,6 +241,18 @@ def write_per_class(path: Path, metrics: dict, class_names, train_counts, config
     write_text(path, buffer.getvalue())
 
 
+def observed_summary(run_dir: str | os.PathLike, summary: dict | None) -> dict | None:
+    """Return ``summary`` (summary.json's content) as it stands: "running" only while a live process holds the run
+    folder's lock (``ccmix.lock.live_holder``), else "stopped", keeping the recorded error or saying why not.
+
+    A trainer killed with -9, or one whose disk filled before it could record its failure, leaves
+    "running" behind; every reader of run folders goes through here so none trusts it.
+    """
+    if not isinstance(summary, dict) or summary.get("status") != "running" or live_holder(run_dir) is not None:
+        return summary
+    return dict(summary, status=STOPPED, error=summary.get("error") or STOPPED_REASON)
+
+
 def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     """Return the TrainConfig recorded in a run folder's config.json."""
     return RunFolder(run_dir).load_config()
@@ -248,5 +265,5 @@ def _read_json_or_none(path: Path) -> dict | None:
         return None
 
 
-__all__ = ["BEST_NOTE", "Resumed", "RunFolder", "check_resume_compatible", "load_run_config", "shot_record",
-           "write_per_class"]
+__all__ = ["BEST_NOTE", "STOPPED", "Resumed", "RunFolder", "check_resume_compatible", "load_run_config",
+           "observed_summary", "shot_record", "write_per_class"]

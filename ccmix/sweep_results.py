@@ -57,7 +57,8 @@ def _flatten(value):
 
 
 def run_row(run_dir: str | os.PathLike) -> dict:
-    """Return one table row of a run folder: its summary's final and best accuracies, the published numbers of
+    """Return one table row of a run folder: its summary's status (``stopped`` for a "running" run whose training
+    process is gone: ``ccmix.run_folder.observed_summary``), final and best accuracies, the published numbers of
     the preset it reproduces with our gap to them, plus every config value."""
     path = Path(run_dir)
     folder = RunFolder(path)

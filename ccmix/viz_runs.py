@@ -119,7 +119,8 @@ _REQUIRED_CONFIG_KEYS = ("method", "dataset", "imb", "seed", "num_classes", "tra
 
 def run_problem(run) -> str | None:
     """Return why a run folder cannot be analysed, as one sentence naming it, or None when it can: not
-    completed (failed, diverged, still running), non-finite results, or a missing or inconsistent config."""
+    completed (failed, diverged, interrupted, still running, or stopped: "running" in summary.json while no process
+    trains it), non-finite results, or a missing or inconsistent config."""
     return _loaded_run(run)[0]
 
 

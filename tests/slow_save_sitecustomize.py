@@ -12,6 +12,12 @@ switched on by environment variables; the product code knows nothing of them.
   ``PAUSE_AFTER_NTH``-th rename onto a file named exactly ``PAUSE_AFTER_REPLACE`` (the
   moment that file is complete), writes its name to ``PAUSE_MARKER`` and sleeps, so the
   test kills the process at that point and not at whatever point it has raced on to.
+* ``PAUSE_AT_STEP``: wraps ``torch.optim.SGD.step``; right after the ``PAUSE_AT_STEP``-th
+  optimizer step (its DataLoader workers busy with the next batches), writes ``PAUSE_MARKER``
+  and sleeps: a kill lands in the middle of an epoch.
+* ``PAUSE_IN_EVALUATION``: wraps ``DataLoader.__iter__``; once the ``PAUSE_IN_EVALUATION``-th
+  loader iterated without gradients (an evaluation: prediction runs under ``torch.no_grad``)
+  has started its workers, writes ``PAUSE_MARKER`` and sleeps: a kill lands during evaluation.
 """
 
 import os
@@ -76,3 +82,36 @@ if os.environ.get("SLOW_SAVE_MATCH"):
         return _real_save(obj, f, *args, **kwargs)
 
     torch.save = _slow_save
+
+if os.environ.get("PAUSE_AT_STEP") or os.environ.get("PAUSE_IN_EVALUATION"):
+    import time
+
+    import torch
+
+    _PAUSE_MARKER = os.environ["PAUSE_MARKER"]
+    _counts = {"step": 0, "evaluation": 0}
+
+    def _pause_at(kind: str, nth: str | None) -> None:
+        _counts[kind] += 1
+        if nth and _counts[kind] == int(nth):
+            with open(_PAUSE_MARKER, "w") as marker:
+                marker.write(kind)
+            time.sleep(600)
+
+    _real_step = torch.optim.SGD.step
+
+    def _pausing_step(self, *args, **kwargs):
+        result = _real_step(self, *args, **kwargs)
+        _pause_at("step", os.environ.get("PAUSE_AT_STEP"))
+        return result
+
+    _real_iter = torch.utils.data.DataLoader.__iter__
+
+    def _pausing_iter(self):
+        iterator = _real_iter(self)
+        if not torch.is_grad_enabled():
+            _pause_at("evaluation", os.environ.get("PAUSE_IN_EVALUATION"))
+        return iterator
+
+    torch.optim.SGD.step = _pausing_step
+    torch.utils.data.DataLoader.__iter__ = _pausing_iter
