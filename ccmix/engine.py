@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ccmix import checkpoint as ckpt
 from ccmix.config import ConfigError, TrainConfig, preset_name_for, validate
 from ccmix.data import build_datasets, build_train_pipeline
+from ccmix.data.pipeline import resolve_pipeline
 from ccmix.distributed import (
     DistContext,
     all_gather_objects,
@@ -52,6 +53,7 @@ from ccmix.report import start_run_report
 from ccmix.rng import restore_rng_state, rng_state, seed_everything
 from ccmix.run_folder import Resumed, RunFolder, load_run_config, shot_record
 from ccmix.run_guard import Guard, guarded_run
+from ccmix.run_segments import record_segment, runtime_facts
 from ccmix.step import (
     CORRECT,
     COUNT,
@@ -187,6 +189,7 @@ def _train(config: TrainConfig, folder: RunFolder, guard: Guard, context: DistCo
     training_model = wrap_for_training(model, config, context, sync_bn=sync_bn)
     loss_function = step_loss_function(config, device, context)  # compiled once per run when config.compile
     pipeline = build_train_pipeline(train, config, device)
+    _record_segment(folder, config, context, pipeline, sync_bn, progress.epoch)
     test_loader = build_test_loader(test, config, device, context)
     _describe_run(folder, config, preset_name_for(config, preset), train, test, context, identity)
     folder.write_metrics(progress.history)
@@ -294,6 +297,18 @@ def _announce_resume(resumed: Resumed | None, folder: RunFolder, config: TrainCo
     if resumed is not None and context.is_main and config.progress:
         tqdm.write(f"resuming {str(folder.path)!r} from {resumed.path.name} after epoch {resumed.epoch} of "
                    f"{config.epochs}")
+
+
+def _record_segment(folder: RunFolder, config: TrainConfig, context: DistContext, pipeline, sync_bn: bool,
+                    epochs_done: int) -> None:
+    """Add this start's runtime facts to segments.jsonl; say in one line when a resume changes one that can
+    change the numbers (``ccmix.run_segments``)."""
+    used = "classic" if getattr(pipeline, "fallback", None) is not None else resolve_pipeline(config.pipeline,
+                                                                                             context.device)
+    facts = runtime_facts(config, context.device, context.world_size, used, sync_bn)
+    change = record_segment(folder, epochs_done, facts)
+    if change is not None and context.is_main:
+        tqdm.write(change)
 
 
 def _describe_run(folder: RunFolder, config: TrainConfig, preset_name: str | None, train, test,

@@ -44,8 +44,10 @@ class FastTrainPipeline:
     float32 normalised, contrastive (b, 2, 3, H, W) or None, labels (b,) int64, foreground
     (b, 3, H, W) or None and foreground_labels (b,) or None, all on ``device``; b is the
     rank's share (columns ``rank::world_size``) of the global batch. Indices come from
-    ``epoch_generator(seed, epoch)``; augmentation draws from a CPU generator seeded after
-    them, mixed with the rank, so a fixed (seed, epoch, rank) gives identical batches.
+    ``epoch_generator(seed, epoch)``; augmentation draws, made for the whole global batch and
+    then cut to the rank's columns, from a CPU generator seeded after them, so an image's
+    views depend on (seed, epoch, its position in the global batch) and not on the number
+    of processes.
     """
 
     def __init__(self, train, config: TrainConfig, device: torch.device | str = "cpu"):
@@ -104,6 +106,17 @@ class FastTrainPipeline:
             )
         return draws
 
+    def rank_draws(self, draws: dict, columns: torch.Tensor, width: int) -> dict:
+        """Return the draws of the global batch's ``columns`` (int64 (b,)) out of ``sample_step(width, ...)``'s."""
+        if columns.numel() == width:
+            return draws
+        first = torch.cat((columns, width + columns)) if self.need_foreground else columns
+        picked = {"view0": _select(draws["view0"], first), "contrastive": None}
+        if draws["contrastive"] is not None:  # two views per background, interleaved
+            pairs = (2 * columns.unsqueeze(1) + torch.arange(2)).reshape(-1)
+            picked["contrastive"] = _select(draws["contrastive"], pairs)
+        return picked
+
     def make_batch(self, background: torch.Tensor, foreground: torch.Tensor | None, draws: dict) -> StepBatch:
         """Return the StepBatch for device index tensors ``background`` (b,) and ``foreground`` (b,) or None."""
         batch = background.shape[0]
@@ -138,17 +151,25 @@ class FastTrainPipeline:
             self.foreground_probabilities if self.need_foreground else "balanced", generator,
             need_foreground=self.need_foreground, background=self.config.background_sampler,
         )
-        # same derivation as the classic pipeline: one draw after the indices, mixed with the rank
+        # one draw after the indices (as the classic pipeline), the same for every rank
         augment_generator = torch.Generator().manual_seed(
-            mix_seed(int(torch.randint(0, 2**62, (1,), generator=generator)), rank))
+            mix_seed(int(torch.randint(0, 2**62, (1,), generator=generator)), 0))
+        width = background.shape[1]
+        columns = torch.arange(rank, width, world_size)
         background = background[: self.steps_per_epoch, rank::world_size].to(self.device)
         if foreground is not None:
             foreground = foreground[: self.steps_per_epoch, rank::world_size].to(self.device)
         for step in range(background.shape[0]):
             if background.shape[1] == 0:
                 return
-            draws = self.sample_step(background.shape[1], augment_generator)
+            draws = self.rank_draws(self.sample_step(width, augment_generator), columns, width)
             yield self.make_batch(background[step], foreground[step] if foreground is not None else None, draws)
+
+
+def _select(draws: dict, index: torch.Tensor) -> dict:
+    """Return ``draws`` (nested dicts of tensors with one row per image) with the rows ``index`` only."""
+    return {key: _select(value, index) if isinstance(value, dict) else value.index_select(0, index)
+            for key, value in draws.items()}
 
 
 __all__ = ["FastTrainPipeline", "unsupported_reason"]

@@ -14,14 +14,16 @@ CutMix Augmentation", IEEE TIP 2024) builds its views from PIL operations:
   bilinear or bicubic resampling, fill with the ImageNet mean colour;
 * ``PILGaussianBlur``: PIL's ``GaussianBlur`` with sigma ~ U(0.1, 2.0) pixels.
 
-Randomness comes from torch's global generator (seeded per DataLoader worker), so a
-run's views are reproducible. The batched counterparts live in ``ccmix.data.fast_aug``
-with the same tables; ``docs/method.md`` lists the recipes.
+Randomness comes from torch's global CPU generator only, as for the torchvision
+transforms around these ops: the classic pipeline seeds it per item
+(``ccmix.rng.seeded_torch_draws``), so a run's views do not depend on which process
+builds them. The batched counterparts live in ``ccmix.data.fast_aug`` with the same
+tables; ``docs/method.md`` lists the recipes.
 
 timm is not used for the RandAugment: it draws from Python's ``random`` and NumPy's
-global state (which the pipeline does not seed when it runs without workers), its
-defaults have moved between releases, and the published semantics are a dozen PIL
-calls, each pinned to the published formula by the tests.
+global state (which the per-item seeding does not cover), its defaults have moved
+between releases, and the published semantics are a dozen PIL calls, each pinned to the
+published formula by the tests.
 """
 
 from __future__ import annotations

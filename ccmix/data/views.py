@@ -9,7 +9,9 @@ view 0 for classification and CutMix, views 1 and 2 for the balanced contrastive
 Every number of the recipes is a module-level constant (and is also grouped in the
 ``*_PARAMS`` dataclasses) so that a batched implementation can reuse exactly the same
 values. Every view takes a PIL RGB image and returns a float32 normalised (3, H, W)
-tensor.
+tensor. Every random draw of a view comes from torch's global CPU generator (torchvision
+v2 and ``ccmix.data.pil_aug`` use no other), which the classic pipeline seeds per item;
+a transform added here must keep to it (``tests/test_same_seed.py`` checks).
 
 The CIFAR view 0 and the blur of the CIFAR contrastive views are PIL operations with the
 semantics of the published code (``ccmix.data.pil_aug``): AutoAugment with grey fill, and
