@@ -156,6 +156,9 @@ class TrainConfig:
     alpha: float = spec(2.0, RECIPE, "weight of the cross-entropy term", minimum=0)
     beta: float = spec(0.6, RECIPE, "weight of the balanced contrastive term", minimum=0)
     temperature: float = spec(0.1, RECIPE, "temperature of the balanced contrastive loss", above=0)
+    # Registered in ccmix.mixers, so the name is checked against that registry when training starts.
+    mixer: str = spec("cutmix", RECIPE, "how cutmix and concutmix mix two images: cutmix, or a mixer registered with "
+                      "ccmix.mixers.register_mixer (ce, la and bcl do not mix)")
     cutmix_prob: float = spec(0.5, RECIPE, "probability that a batch is mixed", minimum=0, maximum=1)
     cutmix_alpha: float = spec(1.0, RECIPE, "lambda ~ Beta(cutmix_alpha, cutmix_alpha)", above=0)
     cutmix_per_sample: bool = spec(False, RECIPE, "one box per image instead of one per batch (the reference)")

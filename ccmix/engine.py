@@ -49,6 +49,7 @@ from ccmix.evaluation import (
     predict,
 )
 from ccmix.interrupt import check_step_boundary
+from ccmix.mixers import check_mixer
 from ccmix.report import start_run_report
 from ccmix.rng import restore_rng_state, rng_state, seed_everything
 from ccmix.run_folder import Resumed, RunFolder, load_run_config, shot_record
@@ -160,6 +161,7 @@ def fit(config: TrainConfig, out_dir: str | os.PathLike, preset: str | None = No
     stop at the next step boundary with ``"status": "interrupted"``.
     """
     config = validate(config)
+    check_mixer(config)  # the registry of mixers lives with the step, above the config's own checks
     context = _join_processes(config)
     try:
         folder = RunFolder(out_dir, writer=context.is_main)

@@ -26,9 +26,9 @@ from torch._dynamo.exc import BackendCompilerFailed
 
 from ccmix import losses
 from ccmix.config import TrainConfig
-from ccmix.cutmix import CutMixBoxes, area_labels, kept_fraction, paste, sample_boxes
-from ccmix.data.fast_aug import to_device
+from ccmix.cutmix import CutMixBoxes
 from ccmix.distributed import DistContext, all_reduce_sum, gather_with_grad
+from ccmix.mixers import CutMix, Mixer, boxes_tensor, build_mixer
 from ccmix.rng import CUTMIX_STREAM, numpy_generator
 
 # Positions in the (5,) float64 tensor of sums a step returns and an epoch accumulates.
@@ -116,36 +116,34 @@ def autocast_context(device: torch.device, config: TrainConfig):
     return nullcontext()
 
 
-# --------------------------------------------------------------------------- CutMix draws
+# --------------------------------------------------------------------------- mixing draws
 
 
 def cutmix_generator(config: TrainConfig, epoch: int) -> np.random.Generator:
-    """Return the NumPy generator of an epoch's CutMix decisions and boxes, seeded by (seed, epoch)."""
+    """Return the NumPy generator of an epoch's mixing draws (CutMix's decisions and boxes, or those of
+    ``config.mixer``), seeded by (seed, epoch)."""
     return numpy_generator(config.seed, epoch, CUTMIX_STREAM)
+
+
+def draw_mixing(mixer: Mixer, config: TrainConfig, generator: np.random.Generator, global_batch: int, height: int,
+                width: int, context: DistContext):
+    """Return this rank's share of one step's mixing parameters (host side), or None when the step is not mixed.
+
+    ``mixer`` draws on the host for the whole global batch from a generator every rank seeds
+    alike; the parameters are then sliced by rank, so the mixing does not depend on the number
+    of processes. Methods that do not mix draw nothing.
+    """
+    if not config.uses_cutmix:
+        return None
+    params = mixer.draw(generator, global_batch, height, width)
+    return None if params is None else params[context.rank::context.world_size]
 
 
 def draw_cutmix_boxes(config: TrainConfig, generator: np.random.Generator, global_batch: int, height: int,
                       width: int, context: DistContext) -> CutMixBoxes | None:
-    """Return this rank's CutMix boxes (CPU) for one step, or None when the step is not mixed.
-
-    Drawn on the host for the whole global batch from a generator every rank seeds alike,
-    then sliced by rank, so the mixing does not depend on the number of processes.
-    """
-    if not config.uses_cutmix:
-        return None
-    if config.cutmix_per_sample:
-        boxes = sample_boxes(global_batch, height, width, alpha=config.cutmix_alpha, per_sample=True,
-                             generator=generator)
-        apply = torch.from_numpy(generator.random(global_batch) < config.cutmix_prob)
-        # An unmixed image gets an empty box: it keeps all of its pixels and its hard label.
-        boxes = CutMixBoxes(top=boxes.top, left=boxes.left, bottom=torch.where(apply, boxes.bottom, boxes.top),
-                            right=boxes.right)
-    else:
-        if generator.random() >= config.cutmix_prob:
-            return None
-        boxes = sample_boxes(global_batch, height, width, alpha=config.cutmix_alpha, per_sample=False,
-                             generator=generator)
-    return boxes[context.rank::context.world_size]
+    """Return this rank's CutMix boxes (CPU) for one step, or None when the step is not mixed: the draws of
+    the CutMix mixer, whatever ``config.mixer`` (the explorer shows them)."""
+    return draw_mixing(CutMix(config), config, generator, global_batch, height, width, context)
 
 
 # --------------------------------------------------------------------------- the loss
@@ -168,32 +166,26 @@ def uses_semantic_labels(config: TrainConfig, epoch: int, mixed: bool) -> bool:
     return mixed and config.method == "concutmix" and epoch > config.l_d_warm
 
 
-def boxes_tensor(boxes: CutMixBoxes, device: torch.device) -> torch.Tensor:
-    """Return (4, b) int64 [top, left, bottom, right] on ``device``, copied without waiting for the device."""
-    return to_device(torch.stack([boxes.top, boxes.left, boxes.bottom, boxes.right]), device)
-
-
 def loss_parts(model: torch.nn.Module, view0: torch.Tensor, contrastive: torch.Tensor | None, labels: torch.Tensor,
-               foreground: torch.Tensor | None, foreground_labels: torch.Tensor | None, boxes: torch.Tensor | None,
+               foreground: torch.Tensor | None, foreground_labels: torch.Tensor | None, mixing: torch.Tensor | None,
                class_counts: torch.Tensor, *, config: TrainConfig, semantic: bool,
                context: DistContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Return (loss with its graph, detached CE, detached BCL or None, int64 correct) of one micro-batch.
 
-    Tensors as in ``StepBatch``; ``boxes`` (4, b) int64 from ``boxes_tensor`` or None when the
+    Tensors as in ``StepBatch``; ``mixing`` the device parameters of ``config.mixer``
+    (``Mixer.to_device``; CutMix: (4, b) int64 boxes from ``boxes_tensor``) or None when the
     batch is not mixed; ``semantic`` from ``uses_semantic_labels``. This is what ``compile=true``
     compiles: the forward pass and every loss, with no value read back, so on CUDA it can be
-    replayed as a CUDA graph. Its variants are mixed or not and semantic labels or not; box
-    coordinates and λ are tensors, so new boxes never recompile it.
+    replayed as a CUDA graph. Its variants are mixed or not and semantic labels or not; mixing
+    parameters and λ are tensors, so new boxes never recompile it.
     """
-    size, height, width = view0.shape[0], view0.shape[-2], view0.shape[-1]
+    size = view0.shape[0]
     num_classes = class_counts.numel()
-    target = labels
+    target, lam, mixer = labels, None, None
     with autocast_context(view0.device, config):
-        if boxes is not None:
-            box = CutMixBoxes(*boxes.unbind(0))
-            view0 = paste(view0, foreground, box)
-            lam = kept_fraction(box, height, width)
-            target = area_labels(labels, foreground_labels, lam, num_classes, check_values=False)
+        if mixing is not None:
+            mixer = build_mixer(config)
+            view0, target, lam = mixer.apply(mixing, view0, foreground, labels, foreground_labels, num_classes)
         tau = config.tau if config.uses_logit_adjustment else 0.0
         loss_bcl = None
         if config.uses_contrastive:
@@ -211,9 +203,9 @@ def loss_parts(model: torch.nn.Module, view0: torch.Tensor, contrastive: torch.T
                     output.embedding_raw[:size].float(), output.centers_raw.float(), target, class_counts,
                     topk=config.topk, omega=config.omega, check_values=False,
                 )
-                # Per-sample boxes: an image drawn not to mix has an empty box and keeps its hard label,
-                # since semantic labels are for mixed images. One box per batch labels the whole batch, as published.
-                target = torch.where((lam < 1.0).unsqueeze(1), blended, target) if config.cutmix_per_sample else blended
+                # Per-sample mixing: an image drawn not to mix (CutMix: an empty box) keeps its hard label, since
+                # semantic labels are for mixed images. One draw per batch labels the whole batch, as published.
+                target = torch.where((lam < 1.0).unsqueeze(1), blended, target) if mixer.per_sample else blended
         else:
             logits = _classify(model, to_memory_format(view0, config)).float()
         loss_ce = losses.logit_adjusted_ce(logits, target, class_counts, tau, check_values=False)
@@ -229,13 +221,14 @@ def compute_step_loss(
     config: TrainConfig,
     epoch: int,
     class_counts: torch.Tensor,
-    boxes: CutMixBoxes | None,
+    mixing,
     context: DistContext | None = None,
     loss_function=loss_parts,
 ) -> StepResult:
     """Return the training loss of one batch for ``config.method`` (0-based ``epoch``).
 
-    ``boxes`` are this rank's CutMix boxes or None when the batch is not mixed.
+    ``mixing`` is this rank's share of the step's host-side mixing parameters (``draw_mixing``;
+    CutMix: its CutMixBoxes) or None when the batch is not mixed.
     Non-contrastive methods optimise the cross-entropy alone; bcl and concutmix
     optimise alpha*CE + beta*BCL. ``loss_function`` is ``loss_parts`` or its compiled
     form (``step_loss_function``).
@@ -244,8 +237,8 @@ def compute_step_loss(
     device = batch.view0.device
     loss, loss_ce, loss_bcl, correct = loss_function(
         model, batch.view0, batch.contrastive, batch.labels, batch.foreground, batch.foreground_labels,
-        None if boxes is None else boxes_tensor(boxes, device), class_counts, config=config,
-        semantic=uses_semantic_labels(config, epoch, boxes is not None), context=context)
+        None if mixing is None else build_mixer(config).to_device(mixing, device), class_counts, config=config,
+        semantic=uses_semantic_labels(config, epoch, mixing is not None), context=context)
     return StepResult(loss=loss, loss_ce=loss_ce, loss_bcl=loss_bcl, correct=correct, count=batch.size)
 
 
@@ -302,12 +295,12 @@ def step_loss_function(config: TrainConfig, device: torch.device, context: DistC
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: StepBatch, config: TrainConfig,
-               epoch: int, class_counts: torch.Tensor, cutmix_rng: np.random.Generator,
+               epoch: int, class_counts: torch.Tensor, mixing_rng: np.random.Generator,
                context: DistContext | None = None, loss_function=loss_parts) -> torch.Tensor:
     """Take one optimizer step on ``batch`` and return its sums, a detached (5,) float64 device tensor.
 
     The sums are indexed by LOSS, LOSS_CE, LOSS_BCL (each loss times the pairs it covers),
-    CORRECT and COUNT. CutMix boxes are drawn from ``cutmix_rng`` for the global batch; with
+    CORRECT and COUNT. ``config.mixer`` draws from ``mixing_rng`` for the global batch; with
     ``config.grad_accum_steps`` > 1 the batch is split into micro-batches whose gradients add
     up (DDP synchronises only after the last one). Nothing is read back from the device.
     ``loss_function``: see ``step_loss_function``.
@@ -315,13 +308,14 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
     context = context or DistContext()
     device = batch.view0.device
     height, width = batch.view0.shape[-2:]
-    boxes = draw_cutmix_boxes(config, cutmix_rng, batch.size * context.world_size, height, width, context)
+    mixing = draw_mixing(build_mixer(config), config, mixing_rng, batch.size * context.world_size, height, width,
+                         context)
     parts = config.grad_accum_steps
     sums = torch.zeros(5, dtype=torch.float64, device=device)
     optimizer.zero_grad(set_to_none=True)
-    micro_batches = _split(batch, boxes, parts)
-    for index, (micro_batch, micro_boxes) in enumerate(micro_batches):
-        result = compute_step_loss(model, micro_batch, config, epoch, class_counts, micro_boxes, context,
+    micro_batches = _split(batch, mixing, parts)
+    for index, (micro_batch, micro_mixing) in enumerate(micro_batches):
+        result = compute_step_loss(model, micro_batch, config, epoch, class_counts, micro_mixing, context,
                                    loss_function=loss_function)
         no_sync = getattr(model, "no_sync", None) if context.enabled and index < len(micro_batches) - 1 else None
         with no_sync() if no_sync is not None else nullcontext():
@@ -335,12 +329,12 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
     return sums
 
 
-def _split(batch: StepBatch, boxes: CutMixBoxes | None, parts: int) -> list[tuple[StepBatch, CutMixBoxes | None]]:
-    """Return (micro_batch, micro_boxes) pairs for gradient accumulation (parts=1: the batch itself)."""
+def _split(batch: StepBatch, mixing, parts: int) -> list[tuple[StepBatch, object]]:
+    """Return (micro_batch, its mixing parameters) pairs for gradient accumulation (parts=1: the batch itself)."""
     if parts == 1:
-        return [(batch, boxes)]
+        return [(batch, mixing)]
     chunk = math.ceil(batch.size / parts)
-    return [(batch[start:start + chunk], None if boxes is None else boxes[start:start + chunk])
+    return [(batch[start:start + chunk], None if mixing is None else mixing[start:start + chunk])
             for start in range(0, batch.size, chunk)]
 
 
@@ -394,6 +388,6 @@ class EpochTotals:
 
 
 __all__ = ["CompiledLoss", "EpochTotals", "StepBatch", "StepResult", "TrainingDiverged", "autocast_context",
-           "boxes_tensor", "build_optimizer", "compute_step_loss", "cutmix_generator", "draw_cutmix_boxes",
+           "boxes_tensor", "build_optimizer", "compute_step_loss", "cutmix_generator", "draw_cutmix_boxes", "draw_mixing",
            "learning_rate", "loss_parts", "step_loss_function", "to_memory_format", "train_step",
            "uses_semantic_labels"]
