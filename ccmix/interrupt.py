@@ -21,8 +21,6 @@ import contextlib
 import signal
 import threading
 
-import torch
-
 from ccmix.errors import ShownAsSentence
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM")
@@ -61,6 +59,7 @@ class StopRequests:
         """Return the signal number that stops every rank now, or None to go on (an all-reduce when distributed)."""
         if context is None or not getattr(context, "enabled", False):
             return self.signal_number
+        import torch  # here, not at the top: a sweep's process uses this module without torch
         import torch.distributed as dist
 
         if self._group is None:
@@ -79,13 +78,12 @@ def active() -> StopRequests | None:
 
 
 @contextlib.contextmanager
-def stop_requests():
-    """Yield a StopRequests that SIGINT and SIGTERM feed while the block runs; the old handlers come back after.
+def stop_signals_to(request):
+    """Call ``request(signal_number)`` on SIGINT and SIGTERM while the block runs; the old handlers come back after.
 
-    Outside the main thread (signals cannot be handled there) nothing is installed and
-    the requests stay empty.
+    Yields True when the handlers are installed, False outside the main thread (signals
+    cannot be handled there) or where the interpreter does not allow it.
     """
-    requests = StopRequests()
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for name in STOP_SIGNALS:
@@ -93,16 +91,30 @@ def stop_requests():
             if number is None:
                 continue
             try:
-                previous[number] = signal.signal(number, lambda signum, frame: requests.request(signum))
+                previous[number] = signal.signal(number, lambda signum, frame: request(signum))
             except (ValueError, OSError):  # an embedded interpreter that does not allow it
                 continue
-    _ACTIVE.append(requests)
     try:
-        yield requests
+        yield bool(previous)
     finally:
-        _ACTIVE.remove(requests)
         for number, handler in previous.items():
             signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Yield a StopRequests that SIGINT and SIGTERM feed while the block runs; the old handlers come back after.
+
+    Outside the main thread (signals cannot be handled there) nothing is installed and
+    the requests stay empty.
+    """
+    requests = StopRequests()
+    with stop_signals_to(requests.request):
+        _ACTIVE.append(requests)
+        try:
+            yield requests
+        finally:
+            _ACTIVE.remove(requests)
 
 
 def check_step_boundary(context=None, epoch: int | None = None, step: int | None = None) -> None:
@@ -122,4 +134,4 @@ def check_step_boundary(context=None, epoch: int | None = None, step: int | None
     raise TrainingInterrupted(f"training was interrupted by {signal.Signals(number).name}{where}", number)
 
 
-__all__ = ["TrainingInterrupted", "StopRequests", "stop_requests", "active", "check_step_boundary"]
+__all__ = ["TrainingInterrupted", "StopRequests", "stop_requests", "stop_signals_to", "active", "check_step_boundary"]

@@ -10,6 +10,10 @@ are the same self-describing folders a single training run writes. Three launche
 - ``papermill``: ``notebooks/train.ipynb`` per point, one after another, the executed
   notebook kept beside its run folder.
 
+SIGINT or SIGTERM stops a sweep cleanly (see :mod:`ccmix.sweep_stop`): the runs it
+started locally are stopped and recorded as interrupted, SLURM jobs keep running unless
+``cancel_on_stop``, and :class:`SweepInterrupted` says in one line how to resume.
+
 A point whose folder already holds a completed run of the same recipe and seed is
 skipped, so an interrupted sweep continues where it stopped; a folder holding another
 recipe is refused (or, when asked, moved aside and trained again). Every run under
@@ -66,6 +70,14 @@ from ccmix.sweep_results import (
     summarize_runs,
     write_results,
 )
+from ccmix.sweep_stop import (
+    SweepInterrupted,
+    SweepStop,
+    mark_interrupted,
+    run_notebook_thread,
+    stopped_sentence,
+    sweep_stop_signals,
+)
 
 LAUNCHERS = ("local", "slurm", "papermill")
 
@@ -79,7 +91,7 @@ def _default_executor(**kwargs):
     return papermill.execute_notebook(**kwargs)
 
 
-def _check_launcher(launcher: str, jobs: int, slurm) -> None:
+def _check_launcher(launcher: str, jobs: int, slurm, cancel_on_stop: bool = False) -> None:
     if launcher not in LAUNCHERS:
         raise ConfigError(f"launcher={launcher!r} is not accepted; choose one of: {', '.join(LAUNCHERS)}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -90,6 +102,9 @@ def _check_launcher(launcher: str, jobs: int, slurm) -> None:
     if slurm and launcher != "slurm":
         raise ConfigError(f"slurm={slurm!r} is not accepted with launcher {launcher!r}; SLURM options need "
                           "launcher 'slurm'")
+    if cancel_on_stop and launcher != "slurm":
+        raise ConfigError(f"cancel_on_stop=True is not accepted with launcher {launcher!r}; it cancels SLURM jobs "
+                          "(launcher 'slurm'), and the other launchers always stop their runs")
 
 
 def _slurm_options(slurm: dict | None):
@@ -157,6 +172,7 @@ def run_sweep(
     stop_on_error: bool = False,
     execute: Callable | None = None,
     python: str | None = None,
+    cancel_on_stop: bool = False,
 ) -> pd.DataFrame:
     """Train every (method, imb, seed) and return the mean ± std table of the grid beside the published numbers.
 
@@ -172,9 +188,10 @@ def run_sweep(
     names), and "errors" (run name -> sentence). Papermill only: ``kernel``, ``notebook``,
     ``progress``, ``log_output``, ``stop_on_error`` and ``execute`` (replaces
     ``papermill.execute_notebook``, same keyword arguments). ``python`` is the interpreter of the
-    local launcher's processes (default: this one).
+    local launcher's processes (default: this one). SIGINT or SIGTERM stops the sweep (see the module
+    docstring) and raises SweepInterrupted; ``cancel_on_stop`` then cancels the unfinished SLURM jobs.
     """
-    _check_launcher(launcher, jobs, slurm)
+    _check_launcher(launcher, jobs, slurm, cancel_on_stop)
     options = _slurm_options(slurm) if launcher == "slurm" else None
     notebook_path = _train_notebook(notebook) if launcher == "papermill" else None
     plan = plan_sweep(methods, imbs, seeds, base_params, runs_dir)
@@ -188,28 +205,37 @@ def run_sweep(
             print(f"{run.name}: completed already, skipped", flush=True)
     runs.mkdir(parents=True, exist_ok=True)
     report = _SweepReport(runs, len(to_train))
-    executed, failed, errors = report.executed, report.failed, report.errors
 
-    if launcher == "local":
-        from ccmix.sweep_local import run_packed
+    with sweep_stop_signals() as stop:
+        if launcher == "local":
+            from ccmix.sweep_local import run_packed
 
-        commands = [(run.name, run.out_dir, run.command(python)) for run in to_train]
-        run_packed(commands, jobs, on_start=report.on_start, on_finish=report.on_finish,
-                   gpus_per_run=max(run.nproc_per_node for run in to_train) if to_train else 1)
-    elif launcher == "slurm":
-        from ccmix.sweep_slurm import run_slurm
+            commands = [(run.name, run.out_dir, run.command(python)) for run in to_train]
+            run_packed(commands, jobs, on_start=report.on_start, on_finish=report.on_finish, stop=stop,
+                       gpus_per_run=max(run.nproc_per_node for run in to_train) if to_train else 1)
+        elif launcher == "slurm":
+            from ccmix.sweep_slurm import run_slurm
 
-        arguments = [(run.name, run.out_dir, run.train_arguments()) for run in to_train]
-        run_slurm(arguments, options, runs / "slurm", on_start=report.on_start, on_finish=report.on_finish)
-    else:
-        _run_notebooks(to_train, runs, notebook_path, execute or _default_executor, report.on_start,
-                       report.on_finish, kernel=kernel, progress=progress, log_output=log_output,
-                       stop_on_error=stop_on_error)
+            arguments = [(run.name, run.out_dir, run.train_arguments()) for run in to_train]
+            run_slurm(arguments, options, runs / "slurm", on_start=report.on_start, on_finish=report.on_finish,
+                      stop=stop, cancel_on_stop=cancel_on_stop)
+        else:
+            _run_notebooks(to_train, runs, notebook_path, execute or _default_executor, report.on_start,
+                           report.on_finish, stop, kernel=kernel, progress=progress, log_output=log_output,
+                           stop_on_error=stop_on_error)
+        if stop.requested:
+            raise _stopped(stop, to_train, report, runs)
 
+    return _grid_table(plan, runs, report, skipped)
+
+
+def _grid_table(plan: list[PlannedRun], runs: Path, report: _SweepReport, skipped: list[str]) -> pd.DataFrame:
+    """Write results.csv, print the grid's mean ± std table and counts, and return the table (see run_sweep)."""
     write_results(runs)
     grid_results = collect_results([run.out_dir for run in plan if (run.out_dir / "summary.json").is_file()])
     table = summarize_runs(grid_results) if not grid_results.empty else pd.DataFrame(columns=["runs", "seeds"])
-    table.attrs.update(executed=executed, skipped=skipped, failed=failed, errors=errors,
+    executed, failed = report.executed, report.failed
+    table.attrs.update(executed=executed, skipped=skipped, failed=failed, errors=report.errors,
                        results_csv=str(runs / "results.csv"))
     if not table.empty:
         print(format_mean_std(table).to_string(), flush=True)
@@ -218,21 +244,43 @@ def run_sweep(
     return table
 
 
+def _stopped(stop: SweepStop, to_train: list[PlannedRun], report: _SweepReport, runs: Path) -> SweepInterrupted:
+    """Return the one-line SweepInterrupted of a stopped sweep, after recording its unfinished runs' state."""
+    unfinished = [run for run in to_train if run.name in report.started and not is_completed(run.out_dir)]
+    if not stop.left_running:  # a SLURM job still running owns its folder: nothing is recorded for it
+        mark_interrupted([(run.out_dir, run.config) for run in unfinished],
+                         f"the sweep was stopped by {stop.name} before this run recorded its state")
+    write_results(runs)
+    hint = ("once they end, run the same sweep command again to gather their results" if stop.left_running else
+            "run the same sweep command again to resume")
+    return SweepInterrupted(stopped_sentence(stop, len(unfinished), hint), stop.signal_number)
+
+
 def _run_notebooks(plan: list[PlannedRun], runs: Path, notebook_path: Path, execute: Callable, on_start, on_finish,
-                   kernel: str, progress: bool, log_output: bool, stop_on_error: bool) -> None:
-    """Execute the train notebook for each run, one after another (the papermill launcher)."""
+                   stop: SweepStop, kernel: str, progress: bool, log_output: bool, stop_on_error: bool) -> None:
+    """Execute the train notebook for each run, one after another (the papermill launcher).
+
+    Each notebook runs in a helper thread, so that this (main) thread keeps the sweep's signal
+    handlers; a stop interrupts the kernel as the notebook's interrupt button does, and the run
+    records itself as interrupted.
+    """
     from ccmix.sweep_local import RunOutcome, failure_sentence
 
     for run in plan:
+        if stop.requested:
+            break
         output = runs / f"{run.name}.ipynb"
         on_start(run.name, f"the {kernel} kernel")
-        try:
-            execute(input_path=str(notebook_path), output_path=str(output), parameters=run.params,
-                    kernel_name=kernel, cwd=str(notebook_path.parent), progress_bar=progress, log_output=log_output)
+        kwargs = dict(input_path=str(notebook_path), output_path=str(output), parameters=run.params,
+                      kernel_name=kernel, cwd=str(notebook_path.parent), progress_bar=progress, log_output=log_output)
+        error = run_notebook_thread(execute, kwargs, stop)
+        if stop.requested:
+            break
+        if error is None:
             on_finish(RunOutcome(run.name, None, output))
-        except Exception as error:  # one failed point must not lose the others; it is reported
-            if stop_on_error:
-                raise
+        elif stop_on_error or not isinstance(error, Exception):
+            raise error
+        else:  # one failed point must not lose the others; it is reported
             on_finish(RunOutcome(run.name, failure_sentence(str(error), type(error).__name__), output))
 
 
@@ -303,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     papermill.add_argument("--kernel", default=defaults["kernel"], help="Jupyter kernel name (default python3)")
     papermill.add_argument("--notebook", default=None, help="the training notebook (default notebooks/train.ipynb)")
     papermill.add_argument("--log-output", action="store_true", help="stream the notebooks' output to this terminal")
+    slurm.add_argument("--cancel-on-stop", action="store_true",
+                       help="on Ctrl-C or SIGTERM cancel the sweep's unfinished jobs (without it they keep running "
+                            "on the cluster and the sweep only stops waiting)")
     return parser
 
 
@@ -326,16 +377,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             methods=_parse_list(args.methods, str, "methods"), imbs=imbs, seeds=_parse_list(args.seeds, int, "seeds"),
             base_params=base_params, runs_dir=args.runs_dir, launcher=args.launcher, jobs=args.jobs,
             slurm=_slurm_arguments(args), redo_mismatched=args.redo_mismatched, kernel=args.kernel,
-            notebook=args.notebook, log_output=args.log_output,
+            notebook=args.notebook, log_output=args.log_output, cancel_on_stop=args.cancel_on_stop,
         )
     except (ConfigError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except SweepInterrupted as error:
+        print(f"interrupted: {error}", file=sys.stderr)
+        return error.exit_status
     return 1 if table.attrs.get("failed") else 0
 
 
 __all__ = [
-    "LAUNCHERS", "PlannedRun", "collect_results", "format_mean_std", "grid_points", "is_completed", "main",
+    "LAUNCHERS", "PlannedRun", "SweepInterrupted", "collect_results", "format_mean_std", "grid_points", "is_completed", "main",
     "move_aside", "per_run_view", "plan_sweep", "published_results", "differences_text", "reproduction_table",
     "reuse_differences", "run_folders", "run_row", "run_sweep", "setting_columns", "summarize_runs", "write_results",
 ]

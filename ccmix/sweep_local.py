@@ -6,7 +6,9 @@ trainings; one CIFAR run rarely fills a modern GPU, so running ``jobs`` of them 
 by side uses the machine better. Each run is its own process writing its own run
 folder (output appended to ``<run folder>/launch.log``); with several visible GPUs
 the runs are spread over them through ``CUDA_VISIBLE_DEVICES``, otherwise they share
-the device. A failed run is reported and the others go on.
+the device. A failed run is reported and the others go on. Each run leads its own
+session, so a terminal's Ctrl-C reaches the sweep only, which forwards the stop to each
+run once (see :mod:`ccmix.sweep_stop`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ccmix.launch import LOG_NAME, child_environment
+from ccmix.sweep_stop import GRACE_SECONDS, SweepStop, stop_processes
 
 # The command line prints "error: <sentence>" for the errors a user can fix; a traceback ends "Name: message".
 _ERROR_LINE = re.compile(r"^error: (?P<sentence>.+)$")
@@ -81,14 +84,19 @@ def run_packed(
     gpus: Sequence[str] | None = None,
     gpus_per_run: int = 1,
     poll_seconds: float = 0.5,
+    stop: SweepStop | None = None,
+    grace_seconds: float = GRACE_SECONDS,
 ) -> list[RunOutcome]:
     """Run ``(name, run folder, command)`` entries, ``jobs`` at a time, and return their outcomes in finishing order.
 
     Each command runs in its own session with its output appended to ``<run folder>/launch.log``.
     ``gpus`` (default: the visible ones) are handed out ``gpus_per_run`` at a time through
     ``CUDA_VISIBLE_DEVICES``, to the least busy group first. ``on_start(name, where)`` and
-    ``on_finish(outcome)`` are called as runs start and end. An interrupt (KeyboardInterrupt)
-    stops every running command before it propagates; rerunning resumes their run folders.
+    ``on_finish(outcome)`` are called as runs start and end. Once ``stop`` (fed by the sweep's signal
+    handlers) holds a request, no run starts and the running ones are stopped (see
+    :func:`ccmix.sweep_stop.stop_processes`) and not reported; the caller says what stopped. An
+    interrupt that arrives as KeyboardInterrupt stops them the same way before it propagates.
+    Rerunning resumes their run folders.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs={jobs!r} is not accepted; it must be an integer >= 1")
@@ -103,7 +111,7 @@ def run_packed(
     last_group = -1
     outcomes: list[RunOutcome] = []
     try:
-        while pending or running:
+        while (pending or running) and not (stop is not None and stop.requested):
             while pending and len(running) < jobs:
                 name, out_dir, command = pending.pop(0)
                 env, where, group = dict(base_env), "this machine's device", None
@@ -126,9 +134,11 @@ def run_packed(
                 outcomes.append(outcome)
                 if on_finish is not None:
                     on_finish(outcome)
+        stop_processes([process for process, _, _ in running.values()], stop or SweepStop(), grace_seconds)
     except BaseException:
-        for process, _, _ in running.values():
-            _stop(process)
+        fallback = SweepStop()
+        fallback.request(signal.SIGTERM)
+        stop_processes([process for process, _, _ in running.values()], fallback, grace_seconds)
         raise
     return outcomes
 
@@ -147,20 +157,6 @@ def _outcome(name: str, returncode: int, log_path: Path) -> RunOutcome:
     text = log_path.read_text(encoding="utf-8", errors="replace")[-20000:] if log_path.is_file() else ""
     fallback = f"the training process exited with status {returncode}"
     return RunOutcome(name, failure_sentence(text, fallback), log_path)
-
-
-def _stop(process: subprocess.Popen, timeout: float = 30.0) -> None:
-    """Stop a run's process group (SIGTERM, then SIGKILL after ``timeout`` s)."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass
 
 
 __all__ = ["RunOutcome", "failure_sentence", "gpu_groups", "pick_group", "run_packed", "visible_gpus"]

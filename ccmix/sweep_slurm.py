@@ -7,11 +7,18 @@ nears, submitit's checkpoint hook requeues the same call; since a run folder res
 from its last checkpoint, the requeued task continues the run. Results are gathered
 as tasks finish. submitit's ``local`` and ``debug`` executors run the same jobs on
 this machine, which is how the launcher is tested without a cluster.
+
+On SIGINT or SIGTERM the sweep stops waiting; the jobs keep running on the cluster (and
+their results are gathered by running the sweep again) unless ``cancel_on_stop`` asks to
+cancel them, in which case SLURM stops them and each records itself as interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -21,6 +28,7 @@ import submitit
 
 from ccmix.config import ConfigError
 from ccmix.sweep_local import RunOutcome, failure_sentence
+from ccmix.sweep_stop import GRACE_SECONDS, SweepStop
 
 CLUSTERS = ("slurm", "local", "debug")
 
@@ -153,10 +161,17 @@ def run_slurm(
     folder: Path,
     on_start: Callable[[str, str], None] | None = None,
     on_finish: Callable[[RunOutcome], None] | None = None,
+    stop: SweepStop | None = None,
+    cancel_on_stop: bool = False,
+    grace_seconds: float = GRACE_SECONDS,
 ) -> list[RunOutcome]:
     """Submit ``(name, run folder, train arguments)`` entries as one job array and return their outcomes in
-    finishing order, calling ``on_finish`` as each task ends. An interrupt cancels the unfinished tasks
-    (rerunning the sweep resumes their run folders)."""
+    finishing order, calling ``on_finish`` as each task ends.
+
+    Once ``stop`` holds a request the waiting ends: the unfinished jobs keep running (``stop.left_running``),
+    or with ``cancel_on_stop`` are cancelled and given ``grace_seconds`` to end; ``stop.note`` says which.
+    An interrupt that arrives as KeyboardInterrupt cancels them only with ``cancel_on_stop`` too.
+    """
     if not commands:
         return []
     executor = executor_for(options, folder)
@@ -168,7 +183,7 @@ def run_slurm(
             on_start(name, f"job {job.job_id}")
     outcomes: list[RunOutcome] = []
     try:
-        while pending:
+        while pending and not (stop is not None and stop.requested):
             for job_id, (job, name) in list(pending.items()):
                 if not job.done():
                     continue
@@ -178,12 +193,56 @@ def run_slurm(
                 if on_finish is not None:
                     on_finish(outcome)
             if pending:
-                time.sleep(options.poll_seconds)
+                _sleep(options.poll_seconds, stop)
     except BaseException:
-        for job, _ in pending.values():
-            job.cancel(check=False)
+        if cancel_on_stop:
+            for job, _ in pending.values():
+                _cancel(job, options)
         raise
+    if pending and stop is not None:
+        _leave_or_cancel([job for job, _ in pending.values()], options, stop, cancel_on_stop, grace_seconds)
     return outcomes
+
+
+def _sleep(seconds: float, stop: SweepStop | None) -> None:
+    """Sleep ``seconds``, waking early when a stop is requested."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (stop is not None and stop.requested):
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+def _leave_or_cancel(jobs: list, options: SlurmOptions, stop: SweepStop, cancel: bool, grace_seconds: float) -> None:
+    """Cancel the unfinished ``jobs`` and wait up to ``grace_seconds`` for them to end, or leave them running;
+    record on ``stop`` what was done."""
+    count = f"{len(jobs)} unfinished job{'s' if len(jobs) != 1 else ''} ({', '.join(job.job_id for job in jobs)})"
+    if cancel:
+        for job in jobs:
+            _cancel(job, options)
+        deadline = time.monotonic() + grace_seconds
+        while not all(job.done() for job in jobs) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        stop.note = f"its {count} {'were' if len(jobs) != 1 else 'was'} cancelled"
+        return
+    if options.cluster == "debug":  # submitit's debug executor runs the jobs in this process: they end with it
+        stop.note = f"its {count} ended with it"
+        return
+    stop.left_running = True
+    if options.cluster == "slurm":
+        how = "scancel " + " ".join(sorted({job.job_id.split("_")[0] for job in jobs}))
+    else:  # submitit's local executor: a job is a controller process that forwards SIGTERM to its tasks
+        how = "kill " + " ".join(job.job_id for job in jobs)
+    stop.note = (f"its {count} {'keep' if len(jobs) != 1 else 'keeps'} running on the {options.cluster} cluster; "
+                 f"cancel {'them' if len(jobs) != 1 else 'it'} with `{how}`, or stop the sweep with --cancel-on-stop")
+
+
+def _cancel(job, options: SlurmOptions) -> None:
+    """Cancel ``job``: scancel on a cluster; on this machine SIGTERM to submitit's controller, which forwards it to
+    the tasks (its own cancel sends SIGINT, which the controller answers with a traceback)."""
+    if options.cluster != "local":
+        job.cancel(check=False)
+        return
+    with contextlib.suppress(ProcessLookupError, ValueError):
+        os.kill(int(job.job_id), signal.SIGTERM)
 
 
 def _outcome(job, name: str) -> RunOutcome:
