@@ -3,16 +3,88 @@
 The command line writes the same run folder as ``ccmix.fit`` and the training
 notebook (Pan et al., "Enhanced Long-Tailed Recognition with Contrastive CutMix
 Augmentation", IEEE TIP 2024, is the method trained).
+
+Every way a command can end is one line on stderr: ``error: <sentence>`` for what the
+user can fix (exit 1 or 2) and ``interrupted: <sentence>`` for SIGINT (Ctrl-C) or
+SIGTERM (exit 128 + the signal number: 130, 143), also while torch is still loading.
+Training turns those signals into a stop at its next step boundary (``ccmix.interrupt``);
+outside training they stop the command at once.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
+import signal
 import sys
+from typing import TYPE_CHECKING
 
-from ccmix.config import ConfigError, TrainConfig
+if TYPE_CHECKING:
+    import argparse
+
+    from ccmix.config import TrainConfig
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM")
+_FORK_HOOK = False  # whether _forked_child is registered (once per process)
+
+
+class CommandStopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived outside training's step boundaries; the command stops where it is."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+def _stop_now(signal_number: int, frame) -> None:
+    # A terminal or a scheduler signals the whole process group: DataLoader workers die of the same
+    # SIGTERM, and torch's SIGCHLD handler would raise about them in the middle of this stop.
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, _expected_child_exit)
+    raise CommandStopped(signal_number)
+
+
+def _expected_child_exit(signal_number: int, frame) -> None:
+    """Once the command is stopping, its children ending is expected: nothing to report."""
+
+
+def stop_on_signals() -> None:
+    """Make SIGINT and SIGTERM raise CommandStopped in this process (the command line's own handlers).
+
+    Installed before anything heavy is imported, so a signal while torch loads ends in
+    one line too; a KeyboardInterrupt subclass, so code that cleans up on Ctrl-C (a
+    launcher stopping its children) does the same on SIGTERM. Processes forked from this
+    one without exec (DataLoader workers) do not keep these handlers: see _forked_child.
+    """
+    installed = False
+    for name in STOP_SIGNALS:
+        number = getattr(signal, name, None)
+        if number is not None:
+            try:
+                signal.signal(number, _stop_now)
+                installed = True
+            except (ValueError, OSError):  # not the main thread, or an interpreter that does not allow it
+                pass
+    global _FORK_HOOK
+    if installed and not _FORK_HOOK and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forked_child)
+        _FORK_HOOK = True
+
+
+def _forked_child() -> None:
+    """Signal handling of a process forked from the command line: the parent handles Ctrl-C, SIGTERM kills.
+
+    A terminal's Ctrl-C reaches the whole process group; a worker that raised on it could
+    print a traceback (when it had not reached its own handling yet), so it ignores it and
+    the parent, which stops, ends its workers. SIGTERM gets the default action back (torch's
+    workers install their own handler for it).
+    """
+    for name, action in (("SIGINT", signal.SIG_IGN), ("SIGTERM", signal.SIG_DFL)):
+        if getattr(signal, name, None) is not None and signal.getsignal(getattr(signal, name)) is _stop_now:
+            signal.signal(getattr(signal, name), action)
+
+
+if __name__ == "__main__":  # python -m ccmix: before every import below
+    stop_on_signals()
 
 
 def train_config(preset: str | None, set_items: list[str] | None) -> tuple[TrainConfig, dict]:
@@ -24,6 +96,12 @@ def train_config(preset: str | None, set_items: list[str] | None) -> tuple[Train
     return config, preset_record(config, preset)
 
 
+def _print_json(result: dict) -> None:
+    import json
+
+    print(json.dumps(result, sort_keys=True), flush=True)
+
+
 def _train(args: argparse.Namespace) -> int:
     from ccmix.engine import fit
 
@@ -31,16 +109,19 @@ def _train(args: argparse.Namespace) -> int:
     summary = fit(config, args.out, preset=args.preset, allow_more_epochs=args.extend_epochs)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
-    print(json.dumps({key: summary[key] for key in ("status", "final", "best", "train_seconds")}, sort_keys=True))
+    _print_json({key: summary[key] for key in ("status", "final", "best", "train_seconds")})
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     from ccmix.config import parse_set_arguments
-    from ccmix.engine import evaluate_checkpoint
+    from ccmix.evaluation import evaluate_checkpoint, save_eval_result
 
-    result = evaluate_checkpoint(args.checkpoint, parse_set_arguments(args.set or []))
-    print(json.dumps(result, sort_keys=True))
+    result = evaluate_checkpoint(args.checkpoint, parse_set_arguments(args.set or []), write=False)
+    _print_json(result)  # first: the metrics are shown even when they cannot be saved
+    problem = save_eval_result(result, args.checkpoint)
+    if problem is not None:
+        print(f"warning: {problem}", file=sys.stderr)
     return 0
 
 
@@ -54,8 +135,7 @@ def _presets(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from ccmix.bench import run_bench
 
-    result = run_bench(quick=args.quick, device=args.device, preset=args.preset)
-    print(json.dumps(result, sort_keys=True))
+    _print_json(run_bench(quick=args.quick, device=args.device, preset=args.preset))
     return 0
 
 
@@ -66,8 +146,17 @@ def _fields_help() -> str:
                      for name in field_names())
 
 
+EVAL_EPILOG = (
+    "The metrics are printed as one JSON line on stdout, then saved beside the checkpoint as <name>.eval.json "
+    "(last.pt: last.eval.json). When that file cannot be written (a read-only or full disk) the command still "
+    "exits 0, since the evaluation itself succeeded, and says on stderr in one line what was not saved and why."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``python -m ccmix``."""
+    import argparse
+
     parser = argparse.ArgumentParser(prog="python -m ccmix", description="Contrastive CutMix workbench")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -85,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "so this is refused without it)")
     train.set_defaults(handler=_train)
 
-    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on its test set")
-    evaluate.add_argument("--checkpoint", required=True)
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on its test set", epilog=EVAL_EPILOG)
+    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint file, e.g. a run folder's last.pt or best.pt")
     evaluate.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. data_root=... (repeatable)")
     evaluate.set_defaults(handler=_eval)
 
@@ -97,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="measure data-pipeline and training throughput; prints one JSON line")
     bench.add_argument("--quick", action="store_true", help="a short measurement (under a minute on 2 CPU cores)")
-    bench.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="auto (the default): CUDA when present, else the CPU")
     bench.add_argument("--preset", default="cifar100_imb100")
     bench.set_defaults(handler=_bench)
 
@@ -107,9 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line and return its exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _run(argv: list[str]) -> int:
+    """Run one command; the errors a user can fix become ``error: <sentence>``."""
+    from ccmix.config import ConfigError
+
     if argv[:1] == ["sweep"]:
         from ccmix.sweep import main as sweep_main
 
@@ -117,13 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except KeyboardInterrupt as error:  # TrainingInterrupted: SIGINT or SIGTERM stopped training cleanly
-        from ccmix.interrupt import TrainingInterrupted
-
-        if not isinstance(error, TrainingInterrupted):
-            raise
-        print(f"interrupted: {error}", file=sys.stderr)
-        return error.exit_status
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -139,6 +223,41 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+def interrupted_line(error: KeyboardInterrupt, command: str) -> tuple[str, int]:
+    """Return the ``interrupted: ...`` line for a stop that ended ``command`` and the exit status (128 + signal).
+
+    A stop that carries its own sentence and status (training's, a sweep's) keeps them;
+    torch need not be loaded (the stop may have come while it was loading).
+    """
+    status = getattr(error, "exit_status", None)
+    if isinstance(status, int) and str(error):
+        return f"interrupted: {error}", status
+    number = getattr(error, "signal_number", None) or signal.SIGINT
+    name = signal.Signals(number).name
+    what = f"python -m ccmix {command}".rstrip()
+    line = f"interrupted: {what} was stopped by {name} before it finished"
+    if command == "train":  # before its first step or after its last: the run folder is consistent either way
+        line += "; run the same command again to start or resume the run"
+    return line, 128 + number
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line and return its exit status (see the module docstring)."""
+    as_program = argv is None
+    if as_program:  # the `ccmix` entry point: the same handlers as python -m ccmix
+        stop_on_signals()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _run(argv)
+    except KeyboardInterrupt as error:
+        if as_program:  # a second signal while the process exits ends it quietly
+            for name in STOP_SIGNALS:
+                signal.signal(getattr(signal, name), signal.SIG_DFL)
+        line, status = interrupted_line(error, argv[0] if argv else "")
+        print(line, file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

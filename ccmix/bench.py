@@ -18,7 +18,7 @@ import torch
 
 from ccmix.config import TrainConfig
 from ccmix.distributed import DistContext
-from ccmix.evaluation import build_run_model
+from ccmix.evaluation import build_run_model, single_device
 from ccmix.step import build_optimizer, train_step
 
 
@@ -215,20 +215,22 @@ def _time_training(pipeline, config: TrainConfig, device: torch.device, class_co
     return samples / (time.perf_counter() - started)
 
 
-def run_bench(quick: bool = False, device: str | None = None, preset: str = "cifar100_imb100") -> dict:
+def run_bench(quick: bool = False, device: str | None = "auto", preset: str = "cifar100_imb100") -> dict:
     """Return the bench's JSON-ready result: data and training samples/s of both pipelines, ratios, op counts.
 
     Both pipelines run on the same in-memory long-tailed training set (random images with
     the preset's class counts), in this process, after warm-up; training steps use the
     preset's method at semantic-label time (every part of the loss active). ``quick``
-    uses a smaller set and batch so it finishes in under a minute on 2 CPU cores.
+    uses a smaller set and batch so it finishes in under a minute on 2 CPU cores. ``device`` is
+    auto (None too: CUDA when present), cpu or cuda; ConfigError when cuda is asked for and absent.
     """
     from ccmix.config import preset as load_preset
     from ccmix.data.classic import ClassicTrainPipeline
     from ccmix.data.fast_pipeline import FastTrainPipeline
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config = load_preset(preset)
+    # the check train's device= gets: one sentence (ConfigError) when CUDA is asked for and absent
+    device = single_device(config.replace(device=device or "auto"))
     if config.resolved_view_recipe != "cifar":
         raise ValueError(f"preset={preset!r} is not accepted by bench; the fast pipeline covers CIFAR-scale presets")
     batch_size = 64 if quick else config.batch_size

@@ -109,7 +109,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Return the checkpoint dict at ``path``, loaded as data only; CheckpointError when it is unusable."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+        raise CheckpointError(_not_a_file_sentence(path))
     size = path.stat().st_size
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -142,6 +142,20 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if torch.device(map_location if map_location is not None else "cpu").type != "cpu":
         payload = _to_device(payload, torch.device(map_location))
     return payload
+
+
+def _not_a_file_sentence(path: Path) -> str:
+    """Return why ``path``, which is not a regular file, cannot be a checkpoint: missing, a folder, or another kind."""
+    if path.is_dir():
+        held = [name for name in (LAST, BEST) if (path / name).is_file()]
+        if held:  # a run folder: name the checkpoints it holds
+            choices = " or ".join(repr(str(path / name)) for name in held)
+            return f"checkpoint {str(path)!r} is a run folder, not a checkpoint file; give its {choices}"
+        return (f"checkpoint {str(path)!r} is a folder, not a checkpoint file; give a .pt file, such as a run "
+                f"folder's {LAST} or {BEST}")
+    if path.exists():
+        return f"checkpoint {str(path)!r} is not a regular file (a device, pipe or socket); give a .pt file"
+    return f"checkpoint {str(path)!r} does not exist"
 
 
 def _is_int(value) -> bool:
@@ -317,11 +331,26 @@ def load_resume_checkpoint(run_dir: str | os.PathLike, map_location="cpu",
             )
         return payload, candidate
     if problems:
-        raise CheckpointError(
-            f"no readable checkpoint in {str(run_dir)!r}: {'; '.join(problems)}; move the damaged files away to "
-            "train from scratch, or use another out_dir"
-        )
+        raise CheckpointError(f"no readable checkpoint in {str(run_dir)!r}: {'; '.join(problems)}; "
+                              f"{_start_over_advice(run_dir)}")
     return None
+
+
+def _start_over_advice(run_dir: Path) -> str:
+    """Return how to train from scratch when no checkpoint of ``run_dir`` is readable, deleting nothing.
+
+    Moving only the damaged checkpoints would not do: the folder's results (best.pt,
+    summary.json, ...) would then be refused as results without a checkpoint. So the whole
+    folder is set aside under a new name, and the same command starts a new one.
+    """
+    folder = run_dir.resolve() if run_dir.name in ("", ".", "..") else run_dir
+    aside, number = folder.with_name(folder.name + DAMAGED_SUFFIX), 1
+    while aside.exists():  # a name that is free now, so that following the advice literally works
+        number += 1
+        aside = folder.with_name(f"{folder.name}{DAMAGED_SUFFIX}-{number}")
+    return (f"to train from scratch, move the damaged files away together with the rest of the run: rename the "
+            f"folder {str(folder)!r} (e.g. to {str(aside)!r}; every file in it is kept) and run the same command "
+            "again, or use another out_dir")
 
 
 # --------------------------------------------------------------------------- model state

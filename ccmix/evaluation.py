@@ -10,6 +10,7 @@ test set and the shards are merged back into test-set order.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 
 from ccmix import checkpoint as ckpt
 from ccmix.config import ConfigError, TrainConfig, apply_overrides, validate
+from ccmix.data.workers import EndWithParent
 from ccmix.distributed import DistContext, broadcast_buffers, gather_strided_shards, resolve_device
 from ccmix.io import write_json
 from ccmix.metrics import shot_accuracy
@@ -89,6 +91,7 @@ def build_test_loader(test, config: TrainConfig, device: torch.device, context: 
     return torch.utils.data.DataLoader(
         test, batch_size=max(256, config.batch_size), shuffle=False, sampler=sampler,
         num_workers=config.num_workers, pin_memory=device.type == "cuda",
+        worker_init_fn=EndWithParent() if config.num_workers > 0 else None,  # no orphans after a kill -9
     )
 
 
@@ -136,8 +139,14 @@ def embed_test_set(run_dir: str | os.PathLike, checkpoint: str = "last.pt", max_
     return predict(model, loader, torch.device(device), config, with_embedding=True, max_items=max_items)
 
 
-def evaluate_checkpoint(checkpoint_path: str | os.PathLike, overrides: dict | None = None) -> dict:
-    """Return the test metrics of a checkpoint (JSON-ready) and write them beside it as <name>.eval.json."""
+def evaluate_checkpoint(checkpoint_path: str | os.PathLike, overrides: dict | None = None,
+                        write: bool = True) -> dict:
+    """Return the test metrics of a checkpoint (JSON-ready); ``write``: also save them beside it as <name>.eval.json.
+
+    Keys: top1, many, medium, few (percent), per_class (percent per class, None for a class
+    without test images), checkpoint, epoch, test_images. A result that cannot be saved (a
+    read-only or full disk) is still returned, with an EvalNotSavedWarning saying why.
+    """
     from ccmix.data import build_datasets
 
     payload = ckpt.load_checkpoint(checkpoint_path)
@@ -160,8 +169,38 @@ def evaluate_checkpoint(checkpoint_path: str | os.PathLike, overrides: dict | No
     metrics = evaluate(model, build_test_loader(test, config, device), device, train.class_counts, config)
     result = {key: metrics[key] for key in ("top1", "many", "medium", "few", "per_class")}
     result.update(checkpoint=str(checkpoint_path), epoch=int(payload["epoch"]), test_images=int(len(test)))
-    write_json(Path(checkpoint_path).with_suffix(".eval.json"), result)
+    if write:
+        problem = save_eval_result(result, checkpoint_path)
+        if problem is not None:
+            warnings.warn(problem, EvalNotSavedWarning, stacklevel=2)
     return result
+
+
+class EvalNotSavedWarning(UserWarning):
+    """The metrics of an evaluated checkpoint could not be saved as <name>.eval.json; they were still returned."""
+
+
+def eval_result_path(checkpoint_path: str | os.PathLike) -> Path:
+    """Return where the metrics of ``checkpoint_path`` are saved: beside it, last.pt -> last.eval.json."""
+    return Path(checkpoint_path).with_suffix(".eval.json")
+
+
+def save_eval_result(result: dict, checkpoint_path: str | os.PathLike) -> str | None:
+    """Save ``result`` atomically as the checkpoint's <name>.eval.json; return None, or the sentence saying why not.
+
+    Any OSError (read-only filesystem, full disk, no permission) is the sentence: it names
+    the file and the system's reason, and warns when an older file of that name, which
+    may describe another checkpoint, is left as it was.
+    """
+    target = eval_result_path(checkpoint_path)
+    try:
+        write_json(target, result)
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        older = (f"; the older {target.name} there is left as it was and may describe an earlier checkpoint"
+                 if target.exists() else "")
+        return f"the metrics were not saved: {str(target)!r} cannot be written ({reason}){older}"
+    return None
 
 
 def _check_same_data(checkpoint_path, payload: dict, train, test) -> None:
@@ -188,5 +227,6 @@ def single_device(config: TrainConfig) -> torch.device:
         raise ConfigError(str(error)) from None
 
 
-__all__ = ["build_run_model", "build_test_loader", "embed_test_set", "evaluate", "evaluate_checkpoint",
-           "evaluate_distributed", "load_model", "model_description", "predict", "single_device"]
+__all__ = ["EvalNotSavedWarning", "build_run_model", "build_test_loader", "embed_test_set", "eval_result_path",
+           "evaluate", "evaluate_checkpoint", "evaluate_distributed", "load_model", "model_description", "predict",
+           "save_eval_result", "single_device"]
