@@ -158,7 +158,7 @@ run_figures() {
   "$PYTHON" - "$1" <<'PY'
 import json, statistics, sys
 from pathlib import Path
-from ccmix.config import PUBLISHED_TOP1
+from ccmix.config.fields import PUBLISHED_TOP1
 run = Path(sys.argv[1])
 figures = {"published_top1": PUBLISHED_TOP1.get("cifar10_imb100")}
 if (run / "summary.json").is_file():

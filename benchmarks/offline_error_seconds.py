@@ -16,9 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ccmix.config import TrainConfig
-from ccmix.data import build_datasets
-from ccmix.data.datasets import DataUnavailableError
+from ccmix.config.fields import TrainConfig
+from ccmix.data.datasets import DataUnavailableError, build_datasets
 
 
 def _refuse_network(*args, **kwargs):

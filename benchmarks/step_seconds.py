@@ -18,10 +18,12 @@ import time
 import numpy as np
 import torch
 
-from ccmix.config import METHODS, preset
-from ccmix.distributed import DistContext
-from ccmix.evaluation import build_run_model
-from ccmix.step import CompiledLoss, StepBatch, build_optimizer, loss_parts, train_step
+from ccmix.config.fields import METHODS
+from ccmix.config.presets import preset
+from ccmix.data.batch import StepBatch
+from ccmix.method.collectives import DistContext
+from ccmix.method.step import CompiledLoss, build_optimizer, loss_parts, train_step
+from ccmix.train.evaluation import build_run_model
 
 WARMUP_STEPS = {False: 1, True: 3}  # compiled: compilation, then the CUDA graphs are recorded on later calls
 

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from ccmix.config import ConfigError, TrainConfig, preset, validate
+from ccmix.config.fields import TrainConfig
+from ccmix.config.presets import preset
+from ccmix.config.rules import ConfigError
+from ccmix.config.validation import validate
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CLI = "cli"  # rows checked through the command line: exit status and "error: <message>" on stderr
@@ -59,7 +62,7 @@ def check(config: TrainConfig):
 
 def load(config: TrainConfig):
     """Validate ``config``, then build its datasets and decode the training images (as training would)."""
-    from ccmix.data import build_datasets
+    from ccmix.data.datasets import build_datasets
 
     train, _ = build_datasets(validate(config))
     return train.as_uint8_tensor()
@@ -67,14 +70,14 @@ def load(config: TrainConfig):
 
 def train_notebook(**parameters):
     """Turn train-notebook parameters into a run, as the notebook's second cell does."""
-    from ccmix.notebook_params import resolve_train_parameters
+    from ccmix.experiments.train_params import resolve_train_parameters
 
     return resolve_train_parameters(**{"dataset": "synthetic", **parameters})
 
 
 def notebook_names(notebook: str, **injected):
     """Check the names papermill injected into ``notebook``, as its parameter check does."""
-    from ccmix.notebook_params import check_notebook_parameters
+    from ccmix.experiments.notebook_params import check_notebook_parameters
 
     return check_notebook_parameters(injected, notebook)
 
@@ -83,7 +86,7 @@ def command(*argv: str) -> Callable[[], tuple[int, str]]:
     """Return a callable running ``python -m ccmix *argv`` in-process: (exit status, stderr)."""
 
     def run() -> tuple[int, str]:
-        from ccmix.__main__ import main
+        from ccmix.cli import main
 
         stderr = io.StringIO()
         with contextlib.redirect_stderr(stderr):
@@ -128,8 +131,8 @@ def make_run_inputs(root: Path) -> None:
 
     import torch
 
-    from ccmix import checkpoint as ckpt
-    from ccmix.config import resolve
+    from ccmix.config.validation import resolve
+    from ccmix.train import checkpoint as ckpt
 
     config = resolve(None, {}).to_dict()
     (root / "done").mkdir()
@@ -153,7 +156,7 @@ RUN_FOLDER = "run folder"
 # --------------------------------------------------------------------------- the table
 
 REJECTIONS = [
-    # configuration: the fields of TrainConfig, checked by ccmix.config.validate (also for ccmix.fit(TrainConfig(...)))
+    # configuration: the fields of TrainConfig, checked by ccmix.config.validation.validate (also for ccmix.fit(TrainConfig(...)))
     Rejection(CONFIG, "dataset='imagenet'", lambda: check(synthetic(dataset="imagenet")),
               "dataset='imagenet' is not accepted; dataset must be one of: cifar10, cifar100, folder, imagenet_lt, "
               "inat2018, places_lt, synthetic"),
@@ -248,7 +251,7 @@ REJECTIONS = [
               ValueError),
     Rejection(DATA, "an empty split file", lambda: load(image_list(train_list="lists/empty.txt", test_list="lists/test.txt")),
               "split file 'lists/empty.txt' lists no images", ValueError),
-    # notebook parameters (papermill -p / -y), checked by ccmix.notebook_params
+    # notebook parameters (papermill -p / -y), checked by ccmix.experiments.notebook_params
     Rejection(NOTEBOOK, "train: -p epoch 5", lambda: notebook_names("train", epoch=5),
               f"parameter 'epoch' is not a parameter of the train notebook (did you mean epochs?); accepted: "
               f"{TRAIN_PARAMETERS}"),
@@ -313,7 +316,7 @@ REJECTIONS = [
     Rejection(COMMAND, "eval --checkpoint crafted.pt (its epoch is -3)", command("eval", "--checkpoint", "crafted.pt"),
               "checkpoint 'crafted.pt' is inconsistent: its epoch is -3, and a saved epoch count is an integer >= 1",
               CLI),
-    # run folders: what a training may do with a folder that already holds a run (ccmix.run_guard)
+    # run folders: what a training may do with a folder that already holds a run (ccmix.train.guard)
     Rejection(RUN_FOLDER, "train --set method=ce --out done (done holds a completed run of the default preset)",
               command("train", "--set", "method=ce", "--out", "done"),
               "'done' holds a run with other settings (method: 'concutmix' in the folder, 'ce' asked); resuming would "
@@ -389,7 +392,7 @@ def test_every_design_config_field_has_a_row():
 
 
 def test_the_preset_names_in_the_messages_are_current():
-    from ccmix.config import PRESETS
+    from ccmix.config.presets import PRESETS
 
     assert PRESET_NAMES == ", ".join(PRESETS)
     with pytest.raises(ConfigError, match="is unknown"):

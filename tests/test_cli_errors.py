@@ -25,7 +25,7 @@ import pytest
 import torch
 from run_helpers import REPO_ROOT, error_lines, folder_state, plain_env, read_summary, train_argv
 
-from ccmix.__main__ import main
+from ccmix.cli import main
 
 POSIX_SIGNALS = pytest.mark.skipif(os.name == "nt", reason="needs POSIX signals")
 
@@ -112,7 +112,7 @@ def test_a_stale_eval_file_that_cannot_be_replaced_is_named_in_the_warning(run_c
 
 
 def test_in_python_an_unsaved_evaluation_still_returns_its_metrics_with_a_warning(run_copy, read_only_folder):
-    from ccmix.evaluation import EvalNotSavedWarning, evaluate_checkpoint
+    from ccmix.train.evaluation import EvalNotSavedWarning, evaluate_checkpoint
 
     read_only_folder(run_copy)
     with pytest.warns(EvalNotSavedWarning, match=r"last\.eval\.json' cannot be written \(Read-only file system\)"):

@@ -7,17 +7,10 @@ import sys
 
 import pytest
 
-from ccmix.config import (
-    PRESETS,
-    ConfigError,
-    TrainConfig,
-    apply_overrides,
-    parse_set_arguments,
-    preset,
-    preset_for,
-    presets_table,
-    validate,
-)
+from ccmix.config.fields import TrainConfig
+from ccmix.config.presets import PRESETS, preset, preset_for, presets_table
+from ccmix.config.rules import ConfigError
+from ccmix.config.validation import apply_overrides, parse_set_arguments, validate
 
 EXPECTED_CIFAR = {  # the published run scripts: imb, tau, topk, omega numerator/denominator
     "cifar100_imb100": (100, 0.9, 30, 20 / 255),
@@ -184,7 +177,7 @@ def test_config_round_trips_through_json():
 
 @pytest.mark.integration
 def test_import_ccmix_is_cheap():
-    code = "import sys, ccmix, ccmix.config; print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))"
+    code = "import sys, ccmix, ccmix.config.fields; print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -195,7 +188,7 @@ def test_import_ccmix_is_cheap():
 def test_every_field_declares_a_role_and_a_help_line_and_its_rule_accepts_its_default():
     from dataclasses import fields
 
-    from ccmix.config import ROLES, field_rule
+    from ccmix.config.fields import ROLES, field_rule
 
     for f in fields(TrainConfig):
         assert f.metadata["role"] in ROLES, f.name
@@ -204,7 +197,7 @@ def test_every_field_declares_a_role_and_a_help_line_and_its_rule_accepts_its_de
 
 
 def test_roles_split_the_fields_and_the_documented_decisions_hold():
-    from ccmix.config import field_names, fields_with_role, recipe_fields
+    from ccmix.config.fields import field_names, fields_with_role, recipe_fields
 
     recipe, seed, runtime = recipe_fields(), fields_with_role("seed"), fields_with_role("runtime")
     assert sorted(recipe + seed + runtime) == sorted(field_names())
@@ -218,7 +211,7 @@ def test_roles_split_the_fields_and_the_documented_decisions_hold():
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_validates(name, tmp_path):
-    from ccmix.config import DEFAULT_LIST_FILES
+    from ccmix.config.fields import DEFAULT_LIST_FILES
 
     config = preset(name)
     if config.dataset in DEFAULT_LIST_FILES:  # list datasets: the split files must exist before data loads
@@ -235,7 +228,7 @@ def test_omega_above_one_is_the_published_inaturalist_setting():
 
 
 def test_recipe_differences_compare_configs_and_config_dicts():
-    from ccmix.config import recipe_differences
+    from ccmix.config.fields import recipe_differences
 
     base = preset("cifar100_imb100")
     changed = base.replace(seed=1, device="cpu", amp=not base.amp, epochs=5, milestones=(2, 4))
@@ -248,7 +241,7 @@ def test_recipe_differences_compare_configs_and_config_dicts():
 
 
 def test_preset_matching_ignores_seed_and_runtime_fields_only():
-    from ccmix.config import matches_preset, preset_name_for, preset_record, published_top1_for
+    from ccmix.config.presets import matches_preset, preset_name_for, preset_record, published_top1_for
 
     seeded = preset("cifar100_imb100").replace(seed=1, device="cpu", num_workers=0, sync_bn=True,
                                                amp=not PRESETS["cifar100_imb100"].amp)
@@ -264,7 +257,7 @@ def test_preset_matching_ignores_seed_and_runtime_fields_only():
 
 
 def test_resume_differences_allow_epochs_and_runtime_changes_only():
-    from ccmix.config import resume_differences
+    from ccmix.config.fields import resume_differences
 
     saved = TrainConfig(dataset="synthetic", topk=3).to_dict()
     allowed = TrainConfig(dataset="synthetic", topk=3, epochs=400, device="cpu", pipeline="classic", amp=False)
@@ -288,7 +281,7 @@ def test_config_error_carries_its_parts_and_rewords_for_another_front_end():
 
 
 def test_check_parameter_applies_a_field_rule_or_a_rule_of_its_own():
-    from ccmix.config import check_parameter
+    from ccmix.config.validation import check_parameter
 
     assert check_parameter("epochs", 3.0, optional=True) == 3
     assert check_parameter("epochs", None, optional=True) is None
@@ -315,7 +308,7 @@ def test_absurd_sizes_are_refused_with_the_estimate(changes, field):
 
 @pytest.mark.integration
 def test_fields_are_listed_for_the_command_line():
-    from ccmix.config import field_names, fields_table
+    from ccmix.config.fields import field_names, fields_table
 
     table = fields_table()
     assert [line.split()[0] for line in table.splitlines()[1:]] == list(field_names())

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from ccmix.cutmix import (
+from ccmix.method.cutmix import (
     CutMixBoxes,
     area_labels,
     box_mask,

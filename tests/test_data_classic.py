@@ -8,9 +8,11 @@ import types
 import pytest
 import torch
 
-from ccmix.config import ConfigError, TrainConfig
-from ccmix.data import build_datasets, build_train_pipeline
-from ccmix.data.classic import ClassicTrainPipeline
+from ccmix.config.fields import TrainConfig
+from ccmix.config.rules import ConfigError
+from ccmix.data.datasets import build_datasets
+from ccmix.data.pipelines.build import build_train_pipeline
+from ccmix.data.pipelines.classic import ClassicTrainPipeline
 from ccmix.data.streams import epoch_generator, sample_epoch_indices
 
 
@@ -112,14 +114,14 @@ def test_steps_per_epoch_full_batches_and_cap(train_set):
 
 
 def test_pipeline_choice(train_set, monkeypatch):
-    fake = types.ModuleType("ccmix.data.fast_pipeline")
+    fake = types.ModuleType("ccmix.data.pipelines.fast")
 
     class FastTrainPipeline:
         def __init__(self, train, config, device):
             self.device = device
 
     fake.FastTrainPipeline = FastTrainPipeline
-    monkeypatch.setitem(sys.modules, "ccmix.data.fast_pipeline", fake)
+    monkeypatch.setitem(sys.modules, "ccmix.data.pipelines.fast", fake)
     assert isinstance(build_train_pipeline(train_set, synthetic_config(pipeline="fast"), "cpu"), FastTrainPipeline)
     assert isinstance(build_train_pipeline(train_set, synthetic_config(pipeline="auto"), "cpu"), ClassicTrainPipeline)
     chosen = build_train_pipeline(train_set, synthetic_config(pipeline="auto"), torch.device("cuda"))

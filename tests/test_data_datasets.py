@@ -11,9 +11,9 @@ import torch
 from longtail_reference import convention_indices
 from PIL import Image
 
-from ccmix.config import TrainConfig, validate
-from ccmix.data import build_datasets
-from ccmix.data.datasets import DataUnavailableError, read_list_file
+from ccmix.config.fields import TrainConfig
+from ccmix.config.validation import validate
+from ccmix.data.datasets import DataUnavailableError, build_datasets, read_list_file
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)

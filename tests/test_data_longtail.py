@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from longtail_reference import convention_indices
 
-from ccmix.data import longtail_counts, longtail_indices
+from ccmix.data.longtail import longtail_counts, longtail_indices
 
 # Published totals of the CIFAR-LT benchmarks (docs/method.md, section 1).
 KNOWN_TOTALS = [

@@ -8,7 +8,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from ccmix.data import pil_aug, views
+from ccmix.data import views
+from ccmix.data.augment import pil as pil_aug
+from ccmix.data.augment.tables import BLUR_PROB, BLUR_SIGMA, CONTRASTIVE_JITTER, CONTRASTIVE_JITTER_PROB
 from ccmix.data.views import classification_view, contrastive_view, normalization, test_view
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -132,8 +134,8 @@ def test_imagenet_recipes_use_the_published_parameters():
 def test_module_constants_are_the_ones_the_recipes_use():
     assert views.CIFAR_MEAN == CIFAR_MEAN and views.INAT_STD == INAT_STD
     assert views.CIFAR_PAD == 4 and views.CIFAR_CONTRASTIVE_SCALE == (0.2, 1.0)
-    assert views.CONTRASTIVE_JITTER == (0.4, 0.4, 0.4, 0.1) and views.CONTRASTIVE_JITTER_PROB == 0.8
-    assert views.BLUR_SIGMA == (0.1, 2.0) and views.BLUR_PROB == 0.5
+    assert CONTRASTIVE_JITTER == (0.4, 0.4, 0.4, 0.1) and CONTRASTIVE_JITTER_PROB == 0.8
+    assert BLUR_SIGMA == (0.1, 2.0) and BLUR_PROB == 0.5
     assert views.CONTRASTIVE_PARAMS["imagenet"].blur_prob == 0.0
 
 

@@ -21,25 +21,22 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from ccmix.config import ConfigError, TrainConfig
-from ccmix.distributed import (
-    DistContext,
+from ccmix.config.fields import TrainConfig
+from ccmix.config.rules import ConfigError
+from ccmix.data.batch import StepBatch
+from ccmix.method.collectives import DistContext
+from ccmix.method.step import build_optimizer, cutmix_generator, draw_cutmix_boxes
+from ccmix.train.distributed import (
     GlobalBatchNorm,
     check_world_size,
     cleanup,
     convert_sync_batchnorm,
     init_distributed,
-)
-from ccmix.engine import (
-    build_optimizer,
-    build_run_model,
-    draw_cutmix_boxes,
-    fit,
     synchronise_batchnorm,
-    train_one_epoch,
     wrap_for_training,
 )
-from ccmix.step import StepBatch, cutmix_generator
+from ccmix.train.evaluation import build_run_model
+from ccmix.train.fit import fit, train_one_epoch
 
 RUN_FILES = ("config.json", "metrics.jsonl", "per_class.csv", "summary.json", "predictions.npz", "last.pt", "best.pt")
 METHODS = ("ce", "la", "cutmix", "bcl", "concutmix")
@@ -84,7 +81,7 @@ def fixed_global_batch(dtype: torch.dtype = torch.float64) -> tuple[dict, list[i
     Views are deterministic functions of the images (flip, shift), so one process and two
     processes see exactly the same 32 samples; mixing and labels are left to the engine.
     """
-    from ccmix.data import build_datasets
+    from ccmix.data.datasets import build_datasets
 
     train, _ = build_datasets(step_config("la"))
     images = F.avg_pool2d(train.as_uint8_tensor().to(dtype) / 255.0, 2)
@@ -217,7 +214,7 @@ def test_two_processes_take_the_same_step_as_one(method, two_process_results, on
 
 @pytest.mark.integration
 def test_the_comparison_exercises_mixing_and_separates_per_rank_batchnorm(two_process_results, one_thread):
-    from ccmix.cutmix import kept_fraction
+    from ccmix.method.cutmix import kept_fraction
 
     for method in ("cutmix", "concutmix"):
         config = step_config(method)
@@ -265,8 +262,8 @@ def test_sync_batchnorm_conversion_keeps_parameters_and_state_dict_keys():
 
 
 def test_ranks_share_each_global_batch_without_overlap_and_stay_class_balanced():
-    from ccmix.data import build_datasets
-    from ccmix.data.classic import ClassicTrainPipeline
+    from ccmix.data.datasets import build_datasets
+    from ccmix.data.pipelines.classic import ClassicTrainPipeline
 
     config = step_config("cutmix").replace(max_steps_per_epoch=None)
     train, _ = build_datasets(config)
@@ -299,7 +296,7 @@ def test_the_global_batch_must_split_evenly():
 
 
 def test_launch_refuses_a_batch_that_does_not_split(tmp_path):
-    from ccmix.launch import launch_torchrun
+    from ccmix.train.launch import launch_torchrun
 
     with pytest.raises(ConfigError, match="batch_size=30"):
         launch_torchrun(None, {"dataset": "synthetic", "batch_size": 30, "topk": 3}, tmp_path / "run",
@@ -308,8 +305,8 @@ def test_launch_refuses_a_batch_that_does_not_split(tmp_path):
 
 
 def test_torchrun_command_round_trips_overrides(tmp_path):
-    from ccmix.config import parse_set_arguments
-    from ccmix.launch import torchrun_command
+    from ccmix.config.validation import parse_set_arguments
+    from ccmix.train.launch import torchrun_command
 
     overrides = {"omega": 20 / 255, "milestones": (160, 180), "sync_bn": None, "amp": False, "method": "la"}
     command = torchrun_command("cifar10_imb100", overrides, tmp_path, nproc_per_node=2)
@@ -323,7 +320,7 @@ def test_torchrun_command_round_trips_overrides(tmp_path):
 
 @pytest.mark.integration
 def test_follow_run_yields_each_epoch_once_and_reports_a_failed_run(tmp_path):
-    from ccmix.launch import follow_run
+    from ccmix.train.launch import follow_run
 
     (tmp_path / "config.json").write_text(json.dumps({"epochs": 3}))
     lines = [{"epoch": 1, "loss": 2.0, "top1": None}, {"epoch": 2, "loss": 1.5, "top1": 40.0}]
@@ -351,7 +348,7 @@ def run_config(**changes) -> dict:
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory) -> Path:
     """Return the folder of a finished 1-epoch run trained by `torchrun --nproc-per-node 2 -m ccmix train`."""
-    from ccmix.launch import follow_run, launch_torchrun
+    from ccmix.train.launch import follow_run, launch_torchrun
 
     out = tmp_path_factory.mktemp("torchrun") / "run"
     process = launch_torchrun(None, run_config(), out, nproc_per_node=2)
@@ -363,7 +360,7 @@ def two_process_run(tmp_path_factory) -> Path:
 
 @pytest.mark.integration
 def test_torchrun_two_processes_write_a_complete_run_folder(two_process_run):
-    from ccmix.data import build_datasets
+    from ccmix.data.datasets import build_datasets
 
     out = two_process_run
     for name in RUN_FILES:
@@ -412,7 +409,7 @@ def test_a_two_process_run_continues_under_one_process(two_process_run, tmp_path
 
 @pytest.mark.slow
 def test_a_run_stopped_mid_epoch_under_two_processes_resumes_under_one(tmp_path, one_thread):
-    from ccmix.launch import launch_torchrun, stop_run
+    from ccmix.train.launch import launch_torchrun, stop_run
 
     out = tmp_path / "run"
     process = launch_torchrun(None, run_config(epochs=50), out, nproc_per_node=2)

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from ccmix.config import METHODS, TrainConfig, preset
-from ccmix.distributed import DistContext
-from ccmix.engine import compute_step_loss, draw_cutmix_boxes, fit, learning_rate
-from ccmix.step import StepBatch
+from ccmix.config.fields import METHODS, TrainConfig
+from ccmix.config.presets import preset
+from ccmix.data.batch import StepBatch
+from ccmix.method.collectives import DistContext
+from ccmix.method.step import compute_step_loss, draw_cutmix_boxes, learning_rate
+from ccmix.train.fit import fit
 
 RUN_FILES = ("config.json", "metrics.jsonl", "per_class.csv", "summary.json", "predictions.npz", "last.pt", "best.pt")
 
@@ -76,7 +78,7 @@ def test_eval_command_reproduces_the_final_top1(tmp_path):
 
 
 def test_rerunning_on_a_finished_folder_extends_it_when_asked(tmp_path):
-    from ccmix.config import ConfigError
+    from ccmix.config.rules import ConfigError
 
     fit(tiny_config(method="la", epochs=1), tmp_path)
     with pytest.raises(ConfigError, match="the learning-rate schedule depends on the number of epochs"):
@@ -88,7 +90,7 @@ def test_rerunning_on_a_finished_folder_extends_it_when_asked(tmp_path):
 
 
 def test_resume_refuses_a_folder_trained_with_other_settings(tmp_path):
-    from ccmix.config import ConfigError
+    from ccmix.config.rules import ConfigError
 
     fit(tiny_config(method="la", epochs=1), tmp_path)
     with pytest.raises(ConfigError, match="holds a run with other settings \\(method: 'la' in the folder, 'ce' asked\\)"):
@@ -116,8 +118,8 @@ def _batch(size=8, classes=4, seed=0):
 
 
 def test_semantic_labels_start_after_epoch_l_d_warm(monkeypatch):
-    import ccmix.losses as losses
-    from ccmix.models import build_model
+    import ccmix.method.losses as losses
+    from ccmix.models.bcl import build_model
 
     calls = []
     original = losses.semantic_label
@@ -149,7 +151,7 @@ def test_cutmix_probability_controls_how_many_steps_mix():
 
 
 def test_per_sample_cutmix_leaves_unmixed_images_whole():
-    from ccmix.cutmix import kept_fraction
+    from ccmix.method.cutmix import kept_fraction
 
     config = tiny_config(method="cutmix", cutmix_prob=0.5, cutmix_per_sample=True)
     boxes = draw_cutmix_boxes(config, np.random.default_rng(0), 4000, 32, 32, DistContext())

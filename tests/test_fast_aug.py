@@ -13,10 +13,31 @@ from torchvision.transforms import RandomResizedCrop as RandomResizedCropV1
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ccmix.config import TrainConfig
-from ccmix.data import build_datasets, fast_aug, pil_aug
-from ccmix.data.classic import ClassicTrainPipeline
-from ccmix.data.fast_pipeline import FastTrainPipeline
+from ccmix.config.fields import TrainConfig
+from ccmix.data.augment import pil as pil_aug
+from ccmix.data.augment import policies as fast_aug
+from ccmix.data.augment.colour import (
+    adjust_brightness_,
+    adjust_contrast_,
+    adjust_hue,
+    adjust_saturation_,
+    adjust_sharpness_,
+    apply_color_jitter,
+    to_grayscale,
+)
+from ccmix.data.augment.draws import (
+    sample_autoaugment,
+    sample_color_jitter,
+    sample_contrastive,
+    sample_crop_flip,
+    sample_resized_crop,
+)
+from ccmix.data.augment.geometry import apply_crop_flip, apply_resized_crop
+from ccmix.data.augment.recipes import apply_contrastive, classification_views, contrastive_views, sample_classification
+from ccmix.data.augment.tables import AUTOAUGMENT_OPS, CIFAR10_POLICY, SIGNED_OPS, autoaugment_magnitudes
+from ccmix.data.datasets import build_datasets
+from ccmix.data.pipelines.classic import ClassicTrainPipeline
+from ccmix.data.pipelines.fast import FastTrainPipeline
 from ccmix.data.streams import epoch_generator, sample_epoch_indices
 
 
@@ -62,7 +83,7 @@ def fast_autoaugment_op(images: torch.Tensor, name: str, magnitude: float) -> to
     count = images.shape[0]
     params = {
         "policy": torch.zeros(count, dtype=torch.int64),
-        "op": torch.tensor([[fast_aug.AUTOAUGMENT_OPS.index(name), 0]] * count),
+        "op": torch.tensor([[AUTOAUGMENT_OPS.index(name), 0]] * count),
         "apply": torch.tensor([[True, False]] * count),
         "magnitude": torch.tensor([[magnitude, 0.0]] * count, dtype=torch.float64),
     }
@@ -106,12 +127,12 @@ def test_float_colour_ops_match_torchvision_functional(name):
     factors = torch.tensor([0.6, 0.85, 1.0, 1.2, 1.4], dtype=torch.float64)
     hues = torch.tensor([-0.1, -0.03, 0.0, 0.05, 0.1], dtype=torch.float64)
     fast_ops = {
-        "brightness": lambda x: fast_aug.adjust_brightness_(x, factors),
-        "contrast": lambda x: fast_aug.adjust_contrast_(x, factors),
-        "saturation": lambda x: fast_aug.adjust_saturation_(x, factors),
-        "hue": lambda x: fast_aug.adjust_hue(x, hues),
-        "sharpness": lambda x: fast_aug.adjust_sharpness_(x, factors),
-        "grayscale": fast_aug.to_grayscale,
+        "brightness": lambda x: adjust_brightness_(x, factors),
+        "contrast": lambda x: adjust_contrast_(x, factors),
+        "saturation": lambda x: adjust_saturation_(x, factors),
+        "hue": lambda x: adjust_hue(x, hues),
+        "sharpness": lambda x: adjust_sharpness_(x, factors),
+        "grayscale": to_grayscale,
     }
     classic_ops = {
         "brightness": lambda x, i: TF.adjust_brightness(x, float(factors[i])),
@@ -135,7 +156,7 @@ def test_resized_crop_and_flip_match_torchvision():
         "height": torch.tensor([b[2] for b in boxes]), "width": torch.tensor([b[3] for b in boxes]),
         "flip": torch.tensor(flips),
     }
-    fast = fast_aug.apply_resized_crop(images, params)
+    fast = apply_resized_crop(images, params)
     for image, box, flip, out in zip(images, boxes, flips, fast):
         expected = TF.resized_crop(image, *box, size=[32, 32], antialias=True)
         expected = TF.horizontal_flip(expected) if flip else expected
@@ -145,7 +166,7 @@ def test_resized_crop_and_flip_match_torchvision():
 def test_pad_crop_and_flip_match_torchvision():
     images = smooth_images(3, seed=5)
     params = {"top": torch.tensor([0, 4, 8]), "left": torch.tensor([7, 4, 0]), "flip": torch.tensor([True, False, True])}
-    fast = fast_aug.apply_crop_flip(images, params, padding=4)
+    fast = apply_crop_flip(images, params, padding=4)
     assert fast.dtype == torch.uint8
     for image, top, left, flip, out in zip(images, params["top"], params["left"], params["flip"], fast):
         expected = TF.crop(TF.pad(image, [4]), int(top), int(left), 32, 32)
@@ -154,7 +175,7 @@ def test_pad_crop_and_flip_match_torchvision():
 
 def test_policy_table_is_the_cifar10_table_torchvision_also_has():
     # torchvision keeps its table in a private attribute; it is the published table too.
-    assert [tuple(sub) for sub in CLASSIC_AUTOAUGMENT._policies] == list(fast_aug.CIFAR10_POLICY)
+    assert [tuple(sub) for sub in CLASSIC_AUTOAUGMENT._policies] == list(CIFAR10_POLICY)
 
 
 # --------------------------------------------------------------------------- distributions
@@ -171,8 +192,8 @@ def recover_crop(out: torch.Tensor) -> tuple[int, int, bool]:
 def test_pad_crop_offsets_and_flips_match_classic_distribution():
     count = 3000
     source = coordinate_image()
-    params = fast_aug.sample_crop_flip(count, generator(6), padding=4)
-    fast = fast_aug.apply_crop_flip(source.expand(count, 3, 32, 32), params, padding=4)
+    params = sample_crop_flip(count, generator(6), padding=4)
+    fast = apply_crop_flip(source.expand(count, 3, 32, 32), params, padding=4)
     recovered = torch.tensor([recover_crop(out) for out in fast])
     assert torch.equal(recovered[:, 0], params["top"]) and torch.equal(recovered[:, 1], params["left"])
     assert torch.equal(recovered[:, 2].bool(), params["flip"])
@@ -189,7 +210,7 @@ def test_pad_crop_offsets_and_flips_match_classic_distribution():
 
 def test_resized_crop_boxes_match_torchvision_get_params():
     count = 4000
-    fast = fast_aug.sample_resized_crop(count, generator(7), image_size=(32, 32), scale=(0.2, 1.0),
+    fast = sample_resized_crop(count, generator(7), image_size=(32, 32), scale=(0.2, 1.0),
                                         ratio=(3 / 4, 4 / 3))
     torch.manual_seed(7)
     image = torch.zeros(3, 32, 32)
@@ -218,19 +239,19 @@ def test_resized_crop_boxes_match_torchvision_get_params():
 
 def test_autoaugment_draws_follow_the_policy_table():
     count = 50_000
-    params = fast_aug.sample_autoaugment(count, generator(8), image_size=(32, 32))
+    params = sample_autoaugment(count, generator(8), image_size=(32, 32))
     frequencies = torch.bincount(params["policy"], minlength=25).double() / count
     assert frequencies.numel() == 25 and (frequencies - 1 / 25).abs().max() < 0.005
-    magnitudes = fast_aug.autoaugment_magnitudes(32, 32)
-    for index, sub_policy in enumerate(fast_aug.CIFAR10_POLICY):
+    magnitudes = autoaugment_magnitudes(32, 32)
+    for index, sub_policy in enumerate(CIFAR10_POLICY):
         chosen = params["policy"] == index
         for slot, (name, probability, magnitude_bin) in enumerate(sub_policy):
-            assert (params["op"][chosen, slot] == fast_aug.AUTOAUGMENT_OPS.index(name)).all()
+            assert (params["op"][chosen, slot] == AUTOAUGMENT_OPS.index(name)).all()
             assert abs(params["apply"][chosen, slot].double().mean().item() - probability) < 0.05
             values = params["magnitude"][chosen, slot]
             expected = 0.0 if magnitude_bin is None else float(magnitudes[name][magnitude_bin])
             assert torch.allclose(values.abs(), torch.full_like(values, abs(expected)))
-            if name in fast_aug.SIGNED_OPS and expected != 0:
+            if name in SIGNED_OPS and expected != 0:
                 assert abs((values < 0).double().mean().item() - 0.5) < 0.06
             else:
                 assert (values >= 0).all()
@@ -247,7 +268,7 @@ def assert_same_distribution(fast: torch.Tensor, classic: torch.Tensor, name: st
 
 def test_autoaugment_outputs_match_classic_statistics():
     images = smooth_images(2000, seed=9)
-    fast = fast_aug.apply_autoaugment(images.float(), fast_aug.sample_autoaugment(len(images), generator(9)))
+    fast = fast_aug.apply_autoaugment(images.float(), sample_autoaugment(len(images), generator(9)))
     torch.manual_seed(9)
     classic_images = images[:400]
     classic_policy = pil_aug.CifarAutoAugment()
@@ -263,7 +284,7 @@ def test_autoaugment_outputs_match_classic_statistics():
     for key in fast_stats:
         assert_same_distribution(fast_stats[key], classic_stats[key], key)
     # neither op of the drawn sub-policy fires with this probability (the table); some ops can also be no-ops
-    expected_unchanged = sum((1 - p1) * (1 - p2) for (_, p1, _), (_, p2, _) in fast_aug.CIFAR10_POLICY) / 25
+    expected_unchanged = sum((1 - p1) * (1 - p2) for (_, p1, _), (_, p2, _) in CIFAR10_POLICY) / 25
     assert expected_unchanged - 0.02 < fast_stats["unchanged"].mean() < expected_unchanged + 0.08
 
 
@@ -271,10 +292,10 @@ def test_colour_jitter_applies_each_images_own_order():
     orders = list(itertools.permutations(range(4)))
     count = len(orders)
     images = smooth_images(count, seed=10).float() / 255.0
-    params = fast_aug.sample_color_jitter(count, generator(10))
+    params = sample_color_jitter(count, generator(10))
     params["order"] = torch.tensor(orders)
     params["jitter"] = torch.ones(count, dtype=torch.bool)
-    fast = fast_aug.apply_color_jitter(images * 255.0, params) / 255.0
+    fast = apply_color_jitter(images * 255.0, params) / 255.0
     operations = [
         lambda x, i: TF.adjust_brightness(x, float(params["brightness"][i])),
         lambda x, i: TF.adjust_contrast(x, float(params["contrast"][i])),
@@ -289,7 +310,7 @@ def test_colour_jitter_applies_each_images_own_order():
 
 
 def test_colour_jitter_draws_and_statistics_match_classic():
-    params = fast_aug.sample_color_jitter(24_000, generator(11), strength=(0.4, 0.4, 0.4, 0.1), prob=0.8)
+    params = sample_color_jitter(24_000, generator(11), strength=(0.4, 0.4, 0.4, 0.1), prob=0.8)
     permutation_ids = (params["order"] * torch.tensor([64, 16, 4, 1])).sum(dim=1)
     frequencies = torch.unique(permutation_ids, return_counts=True)[1].double() / 24_000
     assert frequencies.numel() == 24 and (frequencies - 1 / 24).abs().max() < 0.01
@@ -300,7 +321,7 @@ def test_colour_jitter_draws_and_statistics_match_classic():
         assert values.min() >= low and values.max() <= high and abs(values.mean() - (low + high) / 2) < 0.01
 
     images = smooth_images(2000, seed=11).float() / 255.0
-    fast = fast_aug.apply_color_jitter(images * 255.0, fast_aug.sample_color_jitter(len(images), generator(12))) / 255.0
+    fast = apply_color_jitter(images * 255.0, sample_color_jitter(len(images), generator(12))) / 255.0
     torch.manual_seed(12)
     classic_images = images[:300]
     classic_jitter = v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8)
@@ -325,9 +346,9 @@ def test_grayscale_and_blur_rates():
     count = 3000
     images = smooth_images(count, seed=13).float()
     # identity crop, no flip, no jitter: only grayscale and blur change the images
-    params = fast_aug.sample_contrastive(count, generator(13), scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=0.0,
+    params = sample_contrastive(count, generator(13), scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=0.0,
                                          jitter_prob=0.0, grayscale_prob=0.2, blur_prob=0.5)
-    out = fast_aug.apply_contrastive(images.clone(), params)
+    out = apply_contrastive(images.clone(), params)
     gray = (out.amax(dim=1) - out.amin(dim=1)).amax(dim=(1, 2)) < 1e-3
     assert torch.equal(gray, params["grayscale"])
     assert abs(gray.double().mean().item() - 0.2) < 0.03
@@ -353,8 +374,8 @@ def test_fixed_generator_gives_identical_batches():
 
     def run(seed):
         g = generator(seed)
-        view0 = fast_aug.classification_views(images, fast_aug.sample_classification(64, g), mean, std)
-        contrastive = fast_aug.contrastive_views(images, fast_aug.sample_contrastive(64, g), mean, std)
+        view0 = classification_views(images, sample_classification(64, g), mean, std)
+        contrastive = contrastive_views(images, sample_contrastive(64, g), mean, std)
         return view0, contrastive
 
     first, second, other = run(16), run(16), run(17)
@@ -426,7 +447,7 @@ def test_imagenet_recipe_falls_back_to_classic_with_a_message(synthetic_train):
 
 
 def test_operator_calls_do_not_grow_with_the_batch():
-    from ccmix.bench import count_augment_ops
+    from ccmix.experiments.bench import count_augment_ops
 
     small, large, larger = count_augment_ops(16), count_augment_ops(64), count_augment_ops(128)
     # a per-sample loop would multiply the count by 4 and 8; only empty groups (skipped) may differ
@@ -437,12 +458,12 @@ def test_operator_calls_do_not_grow_with_the_batch():
 def test_channels_last_inputs_give_the_same_views():
     images = smooth_images(48, seed=18)
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    view0_params = fast_aug.sample_classification(48, generator(18))
-    contrastive_params = fast_aug.sample_contrastive(48, generator(19))
+    view0_params = sample_classification(48, generator(18))
+    contrastive_params = sample_contrastive(48, generator(19))
     for layout in (torch.contiguous_format, torch.channels_last):
         source = images.contiguous(memory_format=layout)
-        view0 = fast_aug.classification_views(source, view0_params, mean, std)
-        contrastive = fast_aug.contrastive_views(source, contrastive_params, mean, std)
+        view0 = classification_views(source, view0_params, mean, std)
+        contrastive = contrastive_views(source, contrastive_params, mean, std)
         if layout is torch.contiguous_format:
             expected = (view0, contrastive)
         else:

@@ -20,11 +20,12 @@ import torch
 from PIL import Image
 from run_helpers import error_lines, helper_env, read_summary, run_cli, start_cli, train_argv, wait_until
 
-from ccmix import checkpoint as ckpt
-from ccmix.config import TrainConfig
-from ccmix.data.datasets import build_datasets, decode_files, read_rgb
-from ccmix.engine import fit
+from ccmix.config.fields import TrainConfig
+from ccmix.data.datasets import build_datasets
+from ccmix.data.images import decode_files, read_rgb
 from ccmix.errors import failure_sentence
+from ccmix.train import checkpoint as ckpt
+from ccmix.train.fit import fit
 
 
 def tiny_config(**changes) -> TrainConfig:
@@ -303,10 +304,10 @@ def test_failures_are_recognised_and_told_as_one_sentence():
 
 @pytest.mark.integration
 def test_a_failure_in_training_is_recorded_in_the_summary(tmp_path, monkeypatch):
-    import ccmix.engine
+    import ccmix.train.fit
 
     calls = {"n": 0}
-    real = ccmix.engine.train_one_epoch
+    real = ccmix.train.fit.train_one_epoch
 
     def out_of_memory_in_epoch_two(*args, **kwargs):
         calls["n"] += 1
@@ -314,7 +315,7 @@ def test_a_failure_in_training_is_recorded_in_the_summary(tmp_path, monkeypatch)
             raise MemoryError
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ccmix.engine, "train_one_epoch", out_of_memory_in_epoch_two)
+    monkeypatch.setattr(ccmix.train.fit, "train_one_epoch", out_of_memory_in_epoch_two)
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match=r"^the machine ran out of memory \(RAM\)"):
         fit(tiny_config(), out)
@@ -328,7 +329,7 @@ def test_a_failure_in_training_is_recorded_in_the_summary(tmp_path, monkeypatch)
 def test_sigterm_under_torchrun_stops_every_process_at_the_same_step(tmp_path):
     """What SLURM does to a preempted job: SIGTERM to torchrun, which passes it to both workers; they agree on
     the step to stop at, so neither waits for the other, and the folder says interrupted."""
-    from ccmix.launch import launch_torchrun, stop_run
+    from ccmix.train.launch import launch_torchrun, stop_run
 
     out = tmp_path / "run"
     overrides = {"dataset": "synthetic", "synthetic_classes": 5, "imb": 10, "method": "la", "batch_size": 32,
@@ -353,7 +354,7 @@ def test_in_a_notebook_a_fault_is_one_sentence_not_a_traceback(tmp_path):
     import sys
 
     data, out, odd = tree_with_an_odd_test_image(tmp_path)
-    cell = ("import ccmix\nfrom ccmix.config import TrainConfig\n"
+    cell = ("import ccmix\nfrom ccmix.config.fields import TrainConfig\n"
             f"ccmix.fit(TrainConfig(dataset='folder', data_root={str(data)!r}, imb=1.0, topk=2, epochs=1, "
             f"batch_size=8, num_workers=0, device='cpu', progress=False), {str(out)!r})")
     script = ("from IPython.core.interactiveshell import InteractiveShell\n"

@@ -1,7 +1,7 @@
 """Every front end reads a config's preset and published top-1 the same way, from the fields' roles.
 
 The train notebook (what it prints), the command line's preset resolution, the run folder's
-summary.json and ``ccmix.config.published_top1_for`` must agree for every preset and seed: a
+summary.json and ``ccmix.config.presets.published_top1_for`` must agree for every preset and seed: a
 seed change keeps the published number (the seed is the replicate), a recipe change such as
 ``epochs`` loses it everywhere.
 """
@@ -13,16 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ccmix import config as config_module
-from ccmix.config import (
-    DEFAULT_LIST_FILES,
-    PRESETS,
-    PUBLISHED_TOP1,
-    TrainConfig,
-    preset_name_for,
-    published_top1_for,
-    recipe_fields,
-)
+from ccmix.config import fields as config_module
+from ccmix.config.fields import DEFAULT_LIST_FILES, TrainConfig, recipe_fields
+from ccmix.config.presets import PRESETS, PUBLISHED_TOP1, preset_name_for, published_top1_for
 
 CASES = [(name, seed) for name in PRESETS for seed in (0, 1)]
 
@@ -49,7 +42,7 @@ def fake_repo(tmp_path_factory) -> Path:
 
 def notebook_view(name: str, seed: int, data_root: Path, fake_repo: Path, **parameters):
     """Return (preset, published top-1, printed description) of the train notebook run with ``preset=name``."""
-    from ccmix.notebook_params import resolve_train_parameters
+    from ccmix.experiments.train_params import resolve_train_parameters
 
     run = resolve_train_parameters(preset=name, seed=seed, data_root=str(data_root), repo_root=fake_repo,
                                    **parameters)
@@ -58,14 +51,14 @@ def notebook_view(name: str, seed: int, data_root: Path, fake_repo: Path, **para
 
 def command_line_view(name: str, seed: int, data_root: Path, *sets: str):
     """Return (config, record) of ``python -m ccmix train --preset name --set seed=...``."""
-    from ccmix.__main__ import train_config
+    from ccmix.experiments.commands import train_config
 
     return train_config(name, [f"seed={seed}", f"data_root={data_root}", *sets])
 
 
 def summary_view(config: TrainConfig, preset: str | None, folder: Path) -> dict:
     """Return summary.json's dict as training builds it for ``fit(config, out, preset=preset)``."""
-    from ccmix.run_folder import RunFolder
+    from ccmix.train.run_folder import RunFolder
 
     run_folder = RunFolder(folder, writer=False)
     run_folder.start_summary(config, preset_name_for(config, preset), world_size=1)
@@ -130,7 +123,7 @@ def test_no_runtime_field_changes_the_match(field):
 
 
 def test_fit_records_what_the_functions_say(tmp_path, monkeypatch):
-    from ccmix.engine import fit
+    from ccmix.train.fit import fit
 
     tiny = TrainConfig(dataset="synthetic", synthetic_classes=4, imb=10, topk=2, epochs=1, batch_size=16,
                        max_steps_per_epoch=1, warmup_epochs=0, milestones=(), l_d_warm=0, feat_dim=16)

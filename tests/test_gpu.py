@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from ccmix.config import TrainConfig
-from ccmix.data import build_datasets
-from ccmix.data.fast_aug import AUTOAUGMENT_OPS
-from ccmix.data.fast_pipeline import FastTrainPipeline
+from ccmix.config.fields import TrainConfig
+from ccmix.data.augment.tables import AUTOAUGMENT_OPS
+from ccmix.data.datasets import build_datasets
+from ccmix.data.pipelines.fast import FastTrainPipeline
 
 pytestmark = [
     pytest.mark.gpu,
@@ -120,8 +120,9 @@ def strict_fp32():
 
 def one_step(config: TrainConfig, batch, class_counts: torch.Tensor) -> tuple[float, torch.Tensor, dict]:
     """Return (mean loss, flattened gradient, activation facts) of one ``train_step`` of a fresh ResNet-32."""
-    from ccmix.evaluation import build_run_model
-    from ccmix.step import COUNT, LOSS, StepBatch, build_optimizer, cutmix_generator, train_step
+    from ccmix.data.batch import StepBatch
+    from ccmix.method.step import COUNT, LOSS, build_optimizer, cutmix_generator, train_step
+    from ccmix.train.evaluation import build_run_model
 
     device = torch.device("cuda")
     model = build_run_model(config, class_counts.numel()).to(device)
@@ -162,8 +163,8 @@ def test_bf16_autocast_channels_last_step_stays_close_to_the_fp32_step(strict_fp
 
 
 def test_evaluation_is_fp32_and_amp_predictions_equal_fp32_predictions(tmp_path):
-    from ccmix.engine import fit
-    from ccmix.evaluation import build_test_loader, load_model, predict
+    from ccmix.train.evaluation import build_test_loader, load_model, predict
+    from ccmix.train.fit import fit
 
     config = synthetic_config(arch="tiny", device="cuda", amp=True, channels_last=True, epochs=3, max_steps_per_epoch=8,
                               warmup_epochs=0, milestones=(), lr=0.05)

@@ -19,11 +19,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import ccmix.engine as engine
-import ccmix.step as step
-from ccmix.config import METHODS, TrainConfig
-from ccmix.engine import fit
-from ccmix.step import TrainingDiverged
+import ccmix.method.step as step
+import ccmix.train.fit as engine
+from ccmix.config.fields import METHODS, TrainConfig
+from ccmix.method.step import TrainingDiverged
+from ccmix.train.fit import fit
 
 aten = torch.ops.aten
 SCALAR_READS = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default}
@@ -141,10 +141,11 @@ def test_the_progress_bar_shows_the_running_loss_every_log_every_steps(tmp_path,
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("method", ["la", "concutmix"])
 def test_cuda_steps_between_logging_steps_never_wait_for_the_device(method, compiled, monkeypatch):
-    from ccmix.data import build_datasets, build_train_pipeline
-    from ccmix.data.fast_pipeline import FastTrainPipeline
-    from ccmix.distributed import DistContext
-    from ccmix.evaluation import build_run_model
+    from ccmix.data.datasets import build_datasets
+    from ccmix.data.pipelines.build import build_train_pipeline
+    from ccmix.data.pipelines.fast import FastTrainPipeline
+    from ccmix.method.collectives import DistContext
+    from ccmix.train.evaluation import build_run_model
 
     device = torch.device("cuda")
     # every batch mixed: one step variant, compiled and recorded as a CUDA graph in the first epoch

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ccmix.losses import (
+from ccmix.method.losses import (
     balanced_contrastive_loss,
     log_prior,
     logit_adjusted_ce,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ccmix.metrics import confusion_matrix, shot_accuracy, shot_groups, top_confused_pairs
+from ccmix.method.metrics import confusion_matrix, shot_accuracy, shot_groups, top_confused_pairs
 
 CIFAR10_LT_100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 

@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from ccmix.config import ConfigError, TrainConfig
-from ccmix.cutmix import area_labels
-from ccmix.distributed import DistContext
-from ccmix.engine import fit
-from ccmix.mixers import CutMix, Mixed, build_mixer, mixer_names, register_mixer
-from ccmix.run_guard import RunFolderConflict
-from ccmix.step import draw_cutmix_boxes, draw_mixing
+from ccmix.config.fields import TrainConfig
+from ccmix.config.rules import ConfigError
+from ccmix.method.collectives import DistContext
+from ccmix.method.cutmix import area_labels
+from ccmix.method.mixers import CutMix, Mixed, build_mixer, mixer_names, register_mixer
+from ccmix.method.step import draw_cutmix_boxes, draw_mixing
+from ccmix.train.conflict import RunFolderConflict
+from ccmix.train.fit import fit
 
 
 class MixUp:

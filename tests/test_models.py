@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from ccmix.losses import logit_adjusted_ce
-from ccmix.models import BCLModel, ModelOutput, build_model, resnet32
-from ccmix.models.resnet_cifar import OptionAShortcut
+from ccmix.method.losses import logit_adjusted_ce
+from ccmix.models.bcl import BCLModel, ModelOutput, build_model
+from ccmix.models.resnet_cifar import OptionAShortcut, resnet32
 
 OUTPUT_FIELDS = ("logits", "features", "embedding", "embedding_raw", "centers", "centers_raw")
 

@@ -1,4 +1,4 @@
-"""Tests of ccmix.notebook_params: unknown notebook parameters, the train notebook's parameters turned into
+"""Tests of ccmix.experiments.notebook_params: unknown notebook parameters, the train notebook's parameters turned into
 a validated config and run folder, and the path rules."""
 
 from __future__ import annotations
@@ -9,19 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from ccmix.config import PRESETS, PUBLISHED_TOP1, ConfigError, preset
-from ccmix.notebook_params import (
+from ccmix.config.presets import PRESETS, PUBLISHED_TOP1, preset
+from ccmix.config.rules import ConfigError
+from ccmix.experiments.locations import find_repo_root
+from ccmix.experiments.notebook_params import (
     NOTEBOOK_PARAMETERS,
     check_notebook_parameters,
-    describe_summary,
-    find_repo_root,
     injected_parameter_names,
-    nearest_base_preset,
     resolve_analyze_parameters,
     resolve_run_dirs,
-    resolve_train_parameters,
-    train,
 )
+from ccmix.experiments.train_params import describe_summary, nearest_base_preset, resolve_train_parameters, train
 
 REPO = Path(__file__).resolve().parents[1]
 

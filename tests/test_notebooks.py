@@ -1,4 +1,4 @@
-"""The notebooks: committed clean, parameter cells in sync with ccmix.notebook_params, and each one executed
+"""The notebooks: committed clean, parameter cells in sync with ccmix.experiments.notebook_params, and each one executed
 headless under papermill (kernel python3) on the synthetic dataset with tiny settings.
 
 The kernel tests train one-step runs, so the file takes a few minutes on 2 CPU cores; they share one
@@ -16,7 +16,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ccmix.notebook_params import NOTEBOOK_PARAMETERS, resolve_train_parameters
+from ccmix.experiments.notebook_params import NOTEBOOK_PARAMETERS
+from ccmix.experiments.train_params import resolve_train_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -108,8 +109,8 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def second_seed(trained, tmp_path_factory):
-    """The same setting as ``trained`` with seed 1, trained directly with ccmix.engine.fit."""
-    from ccmix.engine import fit
+    """The same setting as ``trained`` with seed 1, trained directly with ccmix.train.fit.fit."""
+    from ccmix.train.fit import fit
 
     params = {k: v for k, v in trained["parameters"].items() if k not in ("out_dir", "figures_dir")}
     run = resolve_train_parameters(**params, seed=1)

@@ -17,8 +17,8 @@ import contextlib
 import pytest
 import torch
 
-from ccmix.config import TrainConfig
-from ccmix.engine import fit
+from ccmix.config.fields import TrainConfig
+from ccmix.train.fit import fit
 
 # twelve tiny training runs: in `make test`, not in `make test-fast`
 pytestmark = pytest.mark.integration

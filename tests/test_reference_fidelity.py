@@ -19,10 +19,25 @@ import torch
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from torch import nn
 
-from ccmix.config import PRESETS, TrainConfig, preset, validate
-from ccmix.data import fast_aug, pil_aug, views
-from ccmix.distributed import DistContext
-from ccmix.models import build_model
+from ccmix.config.fields import TrainConfig
+from ccmix.config.presets import PRESETS, preset
+from ccmix.config.validation import validate
+from ccmix.data import views
+from ccmix.data.augment import pil as pil_aug
+from ccmix.data.augment import policies as fast_aug
+from ccmix.data.augment.blur import gaussian_blur
+from ccmix.data.augment.recipes import classification_views, sample_classification
+from ccmix.data.augment.tables import (
+    AUTOAUGMENT_OPS,
+    CIFAR10_POLICY,
+    RANDAUGMENT_OPS,
+    RANDAUGMENT_SIGNED_OPS,
+    SIGNED_OPS,
+    autoaugment_magnitudes,
+)
+from ccmix.data.batch import StepBatch
+from ccmix.method.collectives import DistContext
+from ccmix.models.bcl import build_model
 
 # --------------------------------------------------------------------------- real images
 
@@ -60,7 +75,7 @@ def effective_sigma(response: np.ndarray) -> float:
 def test_batched_blur_matches_pil_on_real_images(real_images, sigma):
     images = to_tensor(real_images)
     published = to_tensor([published_blur(image, sigma) for image in real_images])
-    ours = fast_aug.gaussian_blur(images / 255.0, torch.full((len(real_images),), sigma)) * 255.0
+    ours = gaussian_blur(images / 255.0, torch.full((len(real_images),), sigma)) * 255.0
     difference = (ours - published).abs().mean().item()
     # PIL rounds to 8 bits after each of its six box passes; the batched blur does not
     assert difference < 0.75, f"mean |ours - PIL| = {difference:.3f} levels at sigma {sigma}"
@@ -74,7 +89,7 @@ def test_effective_blur_width_matches_pil(sigma):
     impulse[20, 20] = 255
     published = effective_sigma(np.asarray(published_blur(Image.fromarray(impulse), sigma))[..., 0])
     tensor = torch.from_numpy(impulse).permute(2, 0, 1)[None].float()
-    ours = effective_sigma(fast_aug.gaussian_blur(tensor, torch.tensor([sigma]))[0, 0].numpy())
+    ours = effective_sigma(gaussian_blur(tensor, torch.tensor([sigma]))[0, 0].numpy())
     assert abs(ours - published) < 0.05 * published, (sigma, ours, published)
     assert abs(ours - sigma) < 0.05 * sigma
 
@@ -82,9 +97,9 @@ def test_effective_blur_width_matches_pil(sigma):
 def test_per_image_sigmas_blur_each_image_with_its_own_width(real_images):
     images = to_tensor(real_images[:4])
     sigmas = torch.tensor([0.1, 0.7, 1.3, 2.0])
-    together = fast_aug.gaussian_blur(images, sigmas)
+    together = gaussian_blur(images, sigmas)
     for index, sigma in enumerate(sigmas):
-        alone = fast_aug.gaussian_blur(images[index:index + 1], sigma.view(1))
+        alone = gaussian_blur(images[index:index + 1], sigma.view(1))
         torch.testing.assert_close(together[index:index + 1], alone, atol=1e-3, rtol=0)
 
 
@@ -187,15 +202,15 @@ PUBLISHED_SIGNED = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Color", "Co
 
 
 def test_autoaugment_magnitudes_and_signs_are_the_published_ones():
-    ours = fast_aug.autoaugment_magnitudes(32, 32)
+    ours = autoaugment_magnitudes(32, 32)
     for name, published in PUBLISHED_RANGES.items():
         scale = 32.0 if name.startswith("Translate") else 1.0
         np.testing.assert_allclose(ours[name].numpy(), np.asarray(published, dtype=np.float64) * scale, atol=1e-9)
-    assert set(fast_aug.SIGNED_OPS) == set(PUBLISHED_SIGNED)  # Rotate is never mirrored
+    assert set(SIGNED_OPS) == set(PUBLISHED_SIGNED)  # Rotate is never mirrored
 
 
 # every operation of the policy at the bins the policy uses, with both signs where the published op draws one
-POLICY_OPS = sorted({(name, bin_, sign) for sub in fast_aug.CIFAR10_POLICY for name, _, bin_ in sub
+POLICY_OPS = sorted({(name, bin_, sign) for sub in CIFAR10_POLICY for name, _, bin_ in sub
                      for sign in ((1, -1) if name in PUBLISHED_SIGNED else (1,))}, key=str)
 
 
@@ -203,14 +218,14 @@ POLICY_OPS = sorted({(name, bin_, sign) for sub in fast_aug.CIFAR10_POLICY for n
 def test_autoaugment_ops_follow_the_published_semantics_in_both_pipelines(real_images, name, magnitude_bin, sign):
     size = real_images[0].size[0]
     published_magnitude = float(PUBLISHED_RANGES[name][magnitude_bin]) if name in PUBLISHED_RANGES else 0.0
-    ours_magnitude = float(fast_aug.autoaugment_magnitudes(size, size)[name][magnitude_bin]) if magnitude_bin is not None else 0.0
+    ours_magnitude = float(autoaugment_magnitudes(size, size)[name][magnitude_bin]) if magnitude_bin is not None else 0.0
     ours_magnitude *= sign if name in PUBLISHED_SIGNED else 1
     published = to_tensor([published_cifar10_op(image, name, published_magnitude, sign) for image in real_images])
     classic = to_tensor([pil_aug.apply_autoaugment_op(image, name, ours_magnitude) for image in real_images])
     assert torch.equal(classic, published)
     count = len(real_images)
     params = {"policy": torch.zeros(count, dtype=torch.int64),
-              "op": torch.tensor([[fast_aug.AUTOAUGMENT_OPS.index(name), 0]] * count),
+              "op": torch.tensor([[AUTOAUGMENT_OPS.index(name), 0]] * count),
               "apply": torch.tensor([[True, False]] * count),
               "magnitude": torch.tensor([[ours_magnitude, 0.0]] * count, dtype=torch.float64)}
     fast = fast_aug.apply_autoaugment(to_tensor(real_images), params)
@@ -243,7 +258,7 @@ def test_classic_policy_draws_as_published(monkeypatch):
     assert abs((shears < 0).mean() - 0.5) < 0.05
     # expected firing rate of each op: P(sub-policy) x its probability, summed over the table
     expected = {}
-    for sub in fast_aug.CIFAR10_POLICY:
+    for sub in CIFAR10_POLICY:
         for name, probability, _ in sub:
             expected[name] = expected.get(name, 0.0) + probability / 25
     for name, rate in expected.items():
@@ -265,8 +280,8 @@ def test_view0_black_pixel_share_is_the_published_one_in_both_pipelines(real_ima
 
     classic = black_share(torch.stack([view(image) for image in images]))
     uint8 = to_tensor(images).to(torch.uint8)
-    draws = fast_aug.sample_classification(len(images), torch.Generator().manual_seed(2))
-    fast = black_share(fast_aug.classification_views(uint8, draws, views.CIFAR_MEAN, views.CIFAR_STD))
+    draws = sample_classification(len(images), torch.Generator().manual_seed(2))
+    fast = black_share(classification_views(uint8, draws, views.CIFAR_MEAN, views.CIFAR_STD))
     # zero padding alone: E[uncovered share] of a pad-4 crop is about 11%; torchvision's black fill gave about 19%
     assert 0.09 < classic < 0.145 and 0.09 < fast < 0.145, (classic, fast)
     assert abs(classic - fast) < 0.02
@@ -276,7 +291,7 @@ def test_view0_black_pixel_share_is_the_published_one_in_both_pipelines(real_ima
 
 
 def test_evaluation_runs_in_fp32_even_inside_an_autocast_region():
-    from ccmix.evaluation import predict
+    from ccmix.train.evaluation import predict
 
     class Recorder(nn.Module):
         def __init__(self):
@@ -301,8 +316,8 @@ def test_evaluation_runs_in_fp32_even_inside_an_autocast_region():
 
 
 def test_semantic_labels_start_after_epoch_l_d_warm(monkeypatch):
-    import ccmix.losses as losses
-    import ccmix.step as step
+    import ccmix.method.losses as losses
+    import ccmix.method.step as step
 
     calls = []
     real = losses.semantic_label
@@ -311,7 +326,7 @@ def test_semantic_labels_start_after_epoch_l_d_warm(monkeypatch):
     torch.manual_seed(0)
     model = build_model("resnet32", 4, feat_dim=8)
     generator = torch.Generator().manual_seed(0)
-    batch = step.StepBatch(view0=torch.rand(4, 3, 16, 16, generator=generator),
+    batch = StepBatch(view0=torch.rand(4, 3, 16, 16, generator=generator),
                            contrastive=torch.rand(4, 2, 3, 16, 16, generator=generator),
                            labels=torch.tensor([0, 1, 2, 3]), foreground=torch.rand(4, 3, 16, 16, generator=generator),
                            foreground_labels=torch.tensor([3, 2, 1, 0]))
@@ -376,14 +391,14 @@ def published_randaugment_op(image: Image.Image, name: str, argument: float, res
     return {"AutoContrast": ImageOps.autocontrast, "Equalize": ImageOps.equalize, "Invert": ImageOps.invert}[name](image)
 
 
-@pytest.mark.parametrize("name", fast_aug.RANDAUGMENT_OPS)
+@pytest.mark.parametrize("name", RANDAUGMENT_OPS)
 @pytest.mark.parametrize("level, negative, bicubic", [(10.0, False, False), (9.4, True, True)])
 def test_randaugment_ops_follow_the_published_semantics_in_both_pipelines(real_images, name, level, negative, bicubic):
     images = [image.resize((56, 48), Image.BICUBIC) for image in real_images[:10]]
     size = images[0].size
     argument = published_level_argument(name, level, size)
     assert pil_aug.randaugment_level_argument(name, level, size) == pytest.approx(argument)
-    if negative and name in fast_aug.RANDAUGMENT_SIGNED_OPS:
+    if negative and name in RANDAUGMENT_SIGNED_OPS:
         argument = -argument
     resample = Image.BICUBIC if bicubic else Image.BILINEAR
     published = to_tensor([published_randaugment_op(image, name, argument, resample) for image in images])
@@ -391,7 +406,7 @@ def test_randaugment_ops_follow_the_published_semantics_in_both_pipelines(real_i
                          for image in images])
     assert torch.equal(classic, published)
     count = len(images)
-    params = {"op": torch.full((count, 1), fast_aug.RANDAUGMENT_OPS.index(name)),
+    params = {"op": torch.full((count, 1), RANDAUGMENT_OPS.index(name)),
               "apply": torch.ones(count, 1, dtype=torch.bool),
               "argument": torch.full((count, 1), float(argument), dtype=torch.float64),
               "bicubic": torch.full((count, 1), bicubic)}
@@ -420,7 +435,7 @@ def test_randaugment_draws_follow_the_published_distribution(monkeypatch):
     assert abs((level == 10).double().mean().item() - 0.5) < 0.01
     assert abs(level.mean().item() - (10 - 0.5 / math.sqrt(2 * math.pi))) < 0.01
     assert abs(params["bicubic"].double().mean().item() - 0.5) < 0.01
-    rotate = params["op"] == fast_aug.RANDAUGMENT_OPS.index("Rotate")
+    rotate = params["op"] == RANDAUGMENT_OPS.index("Rotate")
     assert abs((params["argument"][rotate] < 0).double().mean().item() - 0.5) < 0.02
     # the classic transform draws from the same distribution
     calls = []
@@ -443,7 +458,7 @@ def test_randaugment_draws_follow_the_published_distribution(monkeypatch):
 
 @pytest.mark.parametrize("warmup", [0, 3])
 def test_cosine_schedule_is_the_published_one(warmup):
-    from ccmix.step import learning_rate
+    from ccmix.method.step import learning_rate
 
     config = preset("imagenet_lt_resnet50_100").replace(warmup_epochs=warmup)
     for epoch in range(config.epochs):
@@ -461,7 +476,8 @@ def test_cosine_schedule_is_the_published_one(warmup):
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_validates_builds_its_model_and_trains_a_step(name, tmp_path):
-    from ccmix.step import StepBatch, build_optimizer, train_step
+    from ccmix.data.batch import StepBatch
+    from ccmix.method.step import build_optimizer, train_step
 
     config = preset(name)
     if config.dataset in ("imagenet_lt", "inat2018", "places_lt"):

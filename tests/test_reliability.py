@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-from ccmix import checkpoint as ckpt
-from ccmix.__main__ import main
-from ccmix.config import TrainConfig
-from ccmix.engine import TrainingDiverged, fit
+from ccmix.cli import main
+from ccmix.config.fields import TrainConfig
+from ccmix.method.step import TrainingDiverged, build_optimizer
+from ccmix.train import checkpoint as ckpt
+from ccmix.train.fit import fit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HELPER = Path(__file__).resolve().parent / "slow_save_sitecustomize.py"
@@ -193,8 +194,11 @@ def test_an_epoch_depends_only_on_seed_and_epoch_not_on_global_random_state(pipe
     global generator between two runs of the same epoch changes nothing."""
     import random
 
-    from ccmix.data import build_datasets, build_train_pipeline
-    from ccmix.engine import build_optimizer, build_run_model, train_one_epoch
+    from ccmix.data.datasets import build_datasets
+    from ccmix.data.pipelines.build import build_train_pipeline
+    from ccmix.method.step import build_optimizer
+    from ccmix.train.evaluation import build_run_model
+    from ccmix.train.fit import train_one_epoch
 
     config = tiny_config(method="concutmix", pipeline=pipeline, batch_size=8, max_steps_per_epoch=1, l_d_warm=0,
                          cutmix_prob=1.0)
@@ -388,7 +392,7 @@ def test_a_checkpoint_carrying_code_is_refused_and_nothing_runs(tmp_path, capsys
 @pytest.fixture
 def five_class_checkpoint(tmp_path) -> Path:
     """Return a real (untrained) resnet32 checkpoint of the 5-class synthetic config."""
-    from ccmix.engine import build_run_model, model_description
+    from ccmix.train.evaluation import build_run_model, model_description
 
     config = tiny_config()
     model = build_run_model(config, 5)
@@ -407,7 +411,7 @@ def test_a_checkpoint_of_another_architecture_is_refused_naming_the_mismatch(fiv
 
 
 def test_a_checkpoint_of_another_class_count_is_refused_naming_the_mismatch(five_class_checkpoint, capsys):
-    from ccmix.engine import build_run_model, model_description
+    from ccmix.train.evaluation import build_run_model, model_description
 
     seven = build_run_model(tiny_config(synthetic_classes=7), 7)
     payload = ckpt.load_checkpoint(five_class_checkpoint)
@@ -424,7 +428,7 @@ def test_a_checkpoint_of_another_class_count_is_refused_naming_the_mismatch(five
 
 
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    import ccmix.step as step
+    import ccmix.method.step as step
 
     original = step.compute_step_loss
     calls: dict[int, int] = {}
@@ -459,9 +463,9 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
 
 
 def test_weights_that_turn_non_finite_are_never_checkpointed(tmp_path, monkeypatch):
-    import ccmix.engine as engine
+    import ccmix.train.fit as engine
 
-    original = engine.build_optimizer
+    original = build_optimizer
 
     def optimizer_that_breaks_a_weight(model, config):
         optimizer = original(model, config)

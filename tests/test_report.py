@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ccmix import report
+from ccmix.train import report
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCH_LINE = re.compile(

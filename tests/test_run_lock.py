@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from run_helpers import helper_env, run_cli, start_cli, train_argv, wait_until
 
-from ccmix.lock import LOCK_NAME, RunFolderBusy, RunFolderLock, live_holder
-from ccmix.run_folder import RunFolder
-from ccmix.sweep_results import run_row
-from ccmix.viz_runs import run_problem
+from ccmix.experiments.results import run_row
+from ccmix.notebook.viz_runs import run_problem
+from ccmix.train.lock import LOCK_NAME, RunFolderBusy, RunFolderLock, live_holder
+from ccmix.train.run_folder import RunFolder
 
 FORK = multiprocessing.get_context("fork") if hasattr(os, "fork") else None
 needs_fork = pytest.mark.skipif(FORK is None or not hasattr(signal, "SIGKILL"), reason="needs fork and SIGKILL")

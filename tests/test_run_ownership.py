@@ -32,12 +32,13 @@ from run_helpers import (
     wait_until,
 )
 
-from ccmix import checkpoint as ckpt
-from ccmix.config import TrainConfig, parse_set_arguments, resolve
-from ccmix.engine import fit
+from ccmix.config.fields import TrainConfig
+from ccmix.config.validation import parse_set_arguments, resolve
 from ccmix.io import remove_stale_temporaries, temporary_name, write_text
-from ccmix.lock import RunFolderBusy, RunFolderLock
-from ccmix.run_guard import RunFolderConflict
+from ccmix.train import checkpoint as ckpt
+from ccmix.train.conflict import RunFolderConflict
+from ccmix.train.fit import fit
+from ccmix.train.lock import RunFolderBusy, RunFolderLock
 
 # real training subprocesses and whole tiny runs: in `make test`, not in `make test-fast`
 pytestmark = pytest.mark.integration
@@ -97,7 +98,7 @@ def test_a_second_trainer_during_a_checkpoint_write_is_refused_and_deletes_nothi
 def test_the_lock_names_its_holder_and_is_taken_over_after_the_holder_is_killed(tmp_path):
     folder = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from ccmix.lock import RunFolderLock; "
+        [sys.executable, "-c", "import sys, time; from ccmix.train.lock import RunFolderLock; "
          f"RunFolderLock({str(folder)!r}).acquire(); print('held', flush=True); time.sleep(600)"],
         env=plain_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -233,7 +234,7 @@ def folder_config(root: Path, **changes) -> TrainConfig:
     ("swap", "the training images differ (other files or another subset)"),
 ])
 def test_resume_and_eval_refuse_data_that_changed(tmp_path, change, expected, capsys):
-    from ccmix.__main__ import main
+    from ccmix.cli import main
 
     data = tmp_path / "data"
     write_tree(data, {"ant": 10, "bee": 10, "cat": 10})

@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 import torch
 
-from ccmix.config import TrainConfig
-from ccmix.data import build_datasets
-from ccmix.data.classic import ClassicTrainPipeline
-from ccmix.data.fast_pipeline import FastTrainPipeline
-from ccmix.engine import fit
-from ccmix.run_folder import RunFolder
-from ccmix.run_segments import SEGMENTS, record_segment
+from ccmix.config.fields import TrainConfig
+from ccmix.data.datasets import build_datasets
+from ccmix.data.pipelines.classic import ClassicTrainPipeline
+from ccmix.data.pipelines.fast import FastTrainPipeline
+from ccmix.train.fit import fit
+from ccmix.train.run_folder import RunFolder
+from ccmix.train.segments import SEGMENTS, record_segment
 
 TIMING_KEYS = ("seconds", "samples_per_second")  # wall-clock values: the only ones allowed to differ between runs
 
@@ -157,7 +157,7 @@ def test_a_start_that_trained_no_epoch_leaves_no_segment(tmp_path):
 ORPHAN_SCRIPT = textwrap.dedent("""
     import os, sys, time
     import torch
-    from ccmix.data.workers import EndWithParent
+    from ccmix.data.pipelines.workers import EndWithParent
 
     class Slow(torch.utils.data.Dataset):
         def __len__(self):

@@ -9,21 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from ccmix.config import TrainConfig
-from ccmix.cutmix import cutmix, sample_boxes
-from ccmix.evaluation import build_run_model
-from ccmix.run_folder import BEST_NOTE, RunFolder
-from ccmix.step import (
-    CORRECT,
-    COUNT,
-    LOSS,
-    LOSS_BCL,
-    LOSS_CE,
-    StepBatch,
-    build_optimizer,
-    compute_step_loss,
-    train_step,
-)
+from ccmix.config.fields import TrainConfig
+from ccmix.data.batch import StepBatch
+from ccmix.method.cutmix import cutmix, sample_boxes
+from ccmix.method.step import CORRECT, COUNT, LOSS, LOSS_BCL, LOSS_CE, build_optimizer, compute_step_loss, train_step
+from ccmix.train.evaluation import build_run_model
+from ccmix.train.run_folder import BEST_NOTE, RunFolder
 
 
 def step_config(**changes) -> TrainConfig:

@@ -14,15 +14,13 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-from ccmix.config import TrainConfig
-from ccmix.cutmix import sample_boxes
-from ccmix.distributed import DistContext
-from ccmix.engine import fit
-from ccmix.evaluation import build_run_model
-from ccmix.step import (
+from ccmix.config.fields import TrainConfig
+from ccmix.data.batch import StepBatch
+from ccmix.method.collectives import DistContext
+from ccmix.method.cutmix import sample_boxes
+from ccmix.method.mixers import boxes_tensor
+from ccmix.method.step import (
     CompiledLoss,
-    StepBatch,
-    boxes_tensor,
     build_optimizer,
     draw_cutmix_boxes,
     loss_parts,
@@ -30,6 +28,8 @@ from ccmix.step import (
     train_step,
     uses_semantic_labels,
 )
+from ccmix.train.evaluation import build_run_model
+from ccmix.train.fit import fit
 
 # torch.compile builds C++ kernels: in `make test`, not in `make test-fast`
 pytestmark = pytest.mark.integration

@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ccmix.config import TrainConfig
-from ccmix.cutmix import CutMixBoxes
-from ccmix.distributed import DistContext
-from ccmix.step import StepBatch, compute_step_loss, draw_cutmix_boxes
+from ccmix.config.fields import TrainConfig
+from ccmix.data.batch import StepBatch
+from ccmix.method.collectives import DistContext
+from ccmix.method.cutmix import CutMixBoxes
+from ccmix.method.step import compute_step_loss, draw_cutmix_boxes
 
 NUM_CLASSES = 5
 CLASS_COUNTS = [50.0, 20.0, 10.0, 5.0, 2.0]

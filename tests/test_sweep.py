@@ -1,4 +1,4 @@
-"""Tests of ccmix.sweep: the grid, the launchers (local packed processes, SLURM through submitit's local
+"""Tests of ccmix.experiments.sweep: the grid, the launchers (local packed processes, SLURM through submitit's local
 executor, papermill), honest reuse of run folders, results.csv beside the published numbers, the mean ± std
 table and the command line. The papermill tests replace papermill by an executor that writes a run folder;
 the integration tests train tiny synthetic runs for real."""
@@ -12,9 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ccmix import sweep
-from ccmix.config import PUBLISHED_SHOT_TOP1, PUBLISHED_TOP1, ConfigError, preset
-from ccmix.notebook_params import resolve_train_parameters
+from ccmix.config.presets import PUBLISHED_SHOT_TOP1, PUBLISHED_TOP1, preset
+from ccmix.config.rules import ConfigError
+from ccmix.experiments import sweep
+from ccmix.experiments.plan import REPLACED_DIR, grid_points, plan_sweep, reuse_differences
+from ccmix.experiments.results import collect_results, format_mean_std, reproduction_table, run_folders, summarize_runs
+from ccmix.experiments.train_params import resolve_train_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = {"dataset": "synthetic", "epochs": 1, "overrides": {"batch_size": 16, "num_workers": 0, "max_steps_per_epoch": 1}}
@@ -63,19 +66,19 @@ def papermill_sweep(*args, **kwargs):
 
 
 def test_grid_points_in_order_without_repeats():
-    points = sweep.grid_points(["la", "concutmix", "la"], [100], [0, 1])
+    points = grid_points(["la", "concutmix", "la"], [100], [0, 1])
     assert points == [{"method": m, "imb": 100, "seed": s} for m in ("la", "concutmix") for s in (0, 1)]
     with pytest.raises(ConfigError, match="methods='la' is not accepted"):
-        sweep.grid_points("la", [100], [0])
+        grid_points("la", [100], [0])
 
 
 def test_planned_command_trains_the_planned_config(tmp_path):
     """The local and SLURM launchers run `python -m ccmix train`; its arguments must rebuild the same config."""
-    from ccmix.__main__ import build_parser
-    from ccmix.config import parse_set_arguments, resolve
+    from ccmix.config.validation import parse_set_arguments, resolve
+    from ccmix.experiments.commands import build_parser
 
     for method, base in (("la", TINY), ("concutmix", {"dataset": "cifar100"})):
-        (run,) = sweep.plan_sweep([method], [100], [3], base, tmp_path)
+        (run,) = plan_sweep([method], [100], [3], base, tmp_path)
         command = run.command(python="python")
         assert command[:4] == ["python", "-m", "ccmix", "train"]
         args = build_parser().parse_args(command[3:])
@@ -148,7 +151,7 @@ def test_bad_sweep_input_fails_before_anything_runs(tmp_path, kwargs, message):
 
 
 def test_a_folder_of_another_recipe_is_refused_then_redone_on_request(tmp_path):
-    (run,) = sweep.plan_sweep(["la"], [100], [0], BASE, tmp_path)
+    (run,) = plan_sweep(["la"], [100], [0], BASE, tmp_path)
     write_run(run.out_dir, dict(run.config.to_dict(), epochs=3, lr=0.5, preset=None), 77.0)
     executor = FakeExecutor()
     with pytest.raises(ConfigError) as refused:
@@ -161,7 +164,7 @@ def test_a_folder_of_another_recipe_is_refused_then_redone_on_request(tmp_path):
     table = papermill_sweep(["la"], [100], [0], base_params=BASE, runs_dir=tmp_path, execute=executor,
                             redo_mismatched=True)
     assert table.attrs["executed"] == [run.name] and len(executor.calls) == 1
-    (moved,) = (tmp_path / sweep.REPLACED_DIR).iterdir()  # the old run is kept, out of results.csv
+    (moved,) = (tmp_path / REPLACED_DIR).iterdir()  # the old run is kept, out of results.csv
     assert json.loads((moved / "summary.json").read_text())["final"]["top1"] == 77.0
     assert json.loads((moved / "config.json").read_text())["epochs"] == 3
     assert json.loads((run.out_dir / "config.json").read_text())["epochs"] == 1
@@ -170,13 +173,13 @@ def test_a_folder_of_another_recipe_is_refused_then_redone_on_request(tmp_path):
 
 
 def test_reuse_compares_the_seed_but_not_where_a_run_went(tmp_path):
-    (run,) = sweep.plan_sweep(["la"], [100], [0], BASE, tmp_path)
+    (run,) = plan_sweep(["la"], [100], [0], BASE, tmp_path)
     write_run(run.out_dir, dict(run.config.to_dict(), seed=5, preset=None), 50.0)
-    assert sweep.reuse_differences(run) == ["seed (saved 5, requested 0)"]
+    assert reuse_differences(run) == ["seed (saved 5, requested 0)"]
     # another data_root, device or worker count is the same run: it is skipped, not retrained
     write_run(run.out_dir, dict(run.config.to_dict(), data_root="/elsewhere", device="cpu", num_workers=7,
                                 preset=None), 50.0)
-    assert sweep.reuse_differences(run) == []
+    assert reuse_differences(run) == []
     executor = FakeExecutor()
     table = papermill_sweep(["la"], [100], [0], base_params=BASE, runs_dir=tmp_path, execute=executor)
     assert executor.calls == [] and table.attrs["skipped"] == [run.name]
@@ -191,7 +194,7 @@ def test_results_carry_the_published_numbers_and_our_gap(tmp_path):
     for seed, top1 in finals.items():
         write_run(tmp_path / f"c100_seed{seed}", dict(reproduced, seed=seed), top1, best_top1=top1 + 2)
     write_run(tmp_path / "c100_short", dict(reproduced, epochs=5, seed=0), 20.0)  # changed recipe: not comparable
-    results = sweep.collect_results(sweep.run_folders(tmp_path))
+    results = collect_results(run_folders(tmp_path))
     rows = results.set_index("run")
     published = PUBLISHED_TOP1["cifar100_imb100"]
     shots = PUBLISHED_SHOT_TOP1["cifar100_imb100"]
@@ -203,19 +206,19 @@ def test_results_carry_the_published_numbers_and_our_gap(tmp_path):
         assert row["gap_best_top1"] == pytest.approx(top1 + 2 - published)
     assert rows.loc["c100_short"][["published_top1", "gap_final_top1"]].isna().all()
 
-    table = sweep.summarize_runs(results)
+    table = summarize_runs(results)
     full = table[table["runs"] == 3].iloc[0]
     assert full["published_top1"] == published
     assert full["gap_final_top1_mean"] == pytest.approx(statistics.mean(finals.values()) - published)
     assert full["gap_best_top1_mean"] == pytest.approx(statistics.mean(finals.values()) + 2 - published)
-    shown = sweep.format_mean_std(table)
+    shown = format_mean_std(table)
     row = shown[shown["runs"] == 3].iloc[0]
     gap = statistics.mean(finals.values()) - published
     assert row["published top1"] == f"{published:.2f}" and row["published many / medium / few"] == "63.8 / 50.5 / 43.8"
     assert row["final − published"] == f"{gap:+.2f} ± {statistics.stdev(finals.values()):.2f}"
     assert shown[shown["runs"] == 1].iloc[0]["published top1"] == "–"
 
-    reproduction = sweep.reproduction_table(results)
+    reproduction = reproduction_table(results)
     assert list(reproduction.index) == ["cifar100_imb100"] and reproduction.loc["cifar100_imb100", "runs"] == 3
     assert reproduction.loc["cifar100_imb100", "gap_final_top1"] == pytest.approx(gap)
 
@@ -229,12 +232,12 @@ def test_summarize_keeps_settings_apart_and_skips_failed_runs():
             ("completed", "la", 50.0, 0, 20.0), ("failed", "la", 50.0, 1, 99.0),
         ])
     ]
-    table = sweep.summarize_runs(pd.DataFrame(rows))
+    table = summarize_runs(pd.DataFrame(rows))
     assert list(table.index) == [("la", 100.0), ("la", 50.0)]
     assert table.loc[("la", 100.0), "final_top1_mean"] == pytest.approx(12.0)
     assert table.loc[("la", 100.0), "final_top1_std"] == pytest.approx(statistics.stdev([10.0, 14.0]))
     assert table.loc[("la", 50.0), "runs"] == 1 and pd.isna(table.loc[("la", 50.0), "final_top1_std"])
-    shown = sweep.format_mean_std(table)
+    shown = format_mean_std(table)
     assert shown.loc[("la", 100.0), "final top1"] == f"12.00 ± {statistics.stdev([10.0, 14.0]):.2f}"
     assert shown.loc[("la", 50.0), "final top1"] == "20.00"
     assert shown.loc[("la", 100.0), "final many"] == "–"
@@ -245,7 +248,7 @@ def test_summarize_keeps_settings_apart_and_skips_failed_runs():
 
 
 def test_gpus_are_handed_out_round_robin_to_the_least_busy():
-    from ccmix.sweep_local import gpu_groups, pick_group, visible_gpus
+    from ccmix.experiments.local import gpu_groups, pick_group, visible_gpus
 
     assert gpu_groups(["0", "1", "2", "3"], 2) == [("0", "1"), ("2", "3")]
     assert gpu_groups(["0", "1", "2"], 2) == [("0", "1")] and gpu_groups([], 1) == []
@@ -255,7 +258,7 @@ def test_gpus_are_handed_out_round_robin_to_the_least_busy():
 
 
 def test_failure_sentence_reads_the_cli_error_or_the_traceback():
-    from ccmix.sweep_local import failure_sentence
+    from ccmix.experiments.local import failure_sentence
 
     assert failure_sentence("training\r 50%\nerror: batch_size=3 is bad\n", "x") == "batch_size=3 is bad"
     traceback = "Traceback (most recent call last):\n  File ...\nccmix.engine.TrainingDiverged: loss is NaN at step 3\n"
@@ -305,7 +308,7 @@ def test_packed_failures_are_reported_one_line_each_and_set_the_exit_status(tmp_
 
 
 def test_requeue_hook_resubmits_the_same_training():
-    from ccmix.sweep_slurm import RequeueingTraining
+    from ccmix.experiments.slurm import RequeueingTraining
 
     task = RequeueingTraining()
     arguments = ["train", "--set", "epochs=1", "--out", "/runs/a"]
@@ -314,7 +317,7 @@ def test_requeue_hook_resubmits_the_same_training():
 
 
 def test_slurm_options_reach_the_executor(tmp_path, monkeypatch):
-    from ccmix.sweep_slurm import check_cluster, executor_for, slurm_options
+    from ccmix.experiments.slurm import check_cluster, executor_for, slurm_options
 
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no srun here
     with pytest.raises(ConfigError, match="launcher 'slurm' is not accepted here: SLURM's srun is not on the PATH"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from run_helpers import REPO_ROOT, plain_env
 
-from ccmix.sweep_stop import SweepStop, mark_interrupted, stopped_sentence
+from ccmix.experiments.stop import SweepStop, mark_interrupted, stopped_sentence
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
 
@@ -158,8 +158,8 @@ def test_a_stopped_slurm_sweep_cancels_its_jobs_when_asked(tmp_path):
 def test_a_run_left_running_is_marked_only_when_no_process_holds_it(tmp_path):
     """A summary saying "running" becomes "interrupted" once no process holds the folder; a held folder, a
     finished run and a folder that never started are left as they are, or (no summary) recorded."""
-    from ccmix.config import TrainConfig
-    from ccmix.lock import RunFolderLock
+    from ccmix.config.fields import TrainConfig
+    from ccmix.train.lock import RunFolderLock
 
     config = TrainConfig(dataset="synthetic")
     held, free, done, blank = (tmp_path / name for name in ("held", "free", "done", "blank"))

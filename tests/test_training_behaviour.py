@@ -20,13 +20,21 @@ import numpy as np
 import pytest
 import torch
 
-from ccmix import engine, evaluation, interrupt
-from ccmix.config import TrainConfig
-from ccmix.data import build_datasets
-from ccmix.engine import fit
-from ccmix.evaluation import build_run_model, build_test_loader, evaluate, evaluate_checkpoint, load_model, predict
-from ccmix.interrupt import TrainingInterrupted
-from ccmix.step import build_optimizer
+from ccmix.config.fields import TrainConfig
+from ccmix.data.datasets import build_datasets
+from ccmix.method.step import build_optimizer
+from ccmix.train import evaluation, interrupt
+from ccmix.train import fit as engine
+from ccmix.train.evaluation import (
+    build_run_model,
+    build_test_loader,
+    evaluate,
+    evaluate_checkpoint,
+    load_model,
+    predict,
+)
+from ccmix.train.fit import fit
+from ccmix.train.interrupt import TrainingInterrupted
 
 TIMING_KEYS = ("seconds", "samples_per_second")  # wall-clock values: the only ones allowed to differ between runs
 CPU = torch.device("cpu")

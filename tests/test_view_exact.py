@@ -21,10 +21,11 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from ccmix.config import TrainConfig
-from ccmix.data import build_datasets, fast_aug
+from ccmix.config.fields import TrainConfig
 from ccmix.data import views as recipes
-from ccmix.data.fast_pipeline import FastTrainPipeline
+from ccmix.data.augment.draws import sample_contrastive, sample_crop_flip
+from ccmix.data.datasets import build_datasets
+from ccmix.data.pipelines.fast import FastTrainPipeline
 
 CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -317,8 +318,8 @@ DRAW_FLAGS = {"flip_prob": "flip", "jitter_prob": "jitter", "grayscale_prob": "g
 def test_fast_sampler_probabilities_at_asymmetric_values():
     count = 20_000
     generator = torch.Generator().manual_seed(9)
-    assert close_rate(fast_aug.sample_crop_flip(count, generator, flip_prob=0.3)["flip"], 0.3)
-    draws = fast_aug.sample_contrastive(count, generator, **ASYMMETRIC)
+    assert close_rate(sample_crop_flip(count, generator, flip_prob=0.3)["flip"], 0.3)
+    draws = sample_contrastive(count, generator, **ASYMMETRIC)
     for name, flag in DRAW_FLAGS.items():
         assert close_rate(draws[flag], ASYMMETRIC[name]), (name, rate(draws[flag]))
 

@@ -1,4 +1,4 @@
-"""Tests of ccmix.viz on run folders fabricated in the run-folder format (config.json, metrics.jsonl,
+"""Tests of ccmix.notebook.viz on run folders fabricated in the run-folder format (config.json, metrics.jsonl,
 per_class.csv, summary.json, predictions.npz)."""
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from ccmix import viz
-from ccmix.config import TrainConfig
+from ccmix.config.fields import TrainConfig
+from ccmix.experiments.results import collect_results, reproduction_table, run_folders
+from ccmix.notebook import viz
+from ccmix.notebook.viz_runs import UnusableRun, load_run, run_labels, usable_runs
+from ccmix.notebook.viz_samples import gallery, label_bars, mixed_sample_panel, to_display_image
 
 CLASS_COUNTS = [150, 90, 50, 30, 19, 12, 8, 5]  # one many, three medium, four few classes
 TEST_PER_CLASS = 10
@@ -86,7 +89,7 @@ def two_runs(tmp_path):
 
 def test_load_run_reads_every_file(tmp_path):
     written = write_fake_run(tmp_path / "r", epochs=4, evaluated_every=2)
-    run = viz.load_run(tmp_path / "r")
+    run = load_run(tmp_path / "r")
     assert run.name == "r"
     assert list(run.metrics["epoch"]) == [1, 2, 3, 4]
     assert run.metrics["top1"].isna().tolist() == [True, False, True, False]  # null -> NaN
@@ -96,7 +99,7 @@ def test_load_run_reads_every_file(tmp_path):
 
 def test_load_run_missing_folder_names_it(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        viz.load_run(tmp_path / "absent")
+        load_run(tmp_path / "absent")
 
 
 def test_run_labels_name_what_differs(tmp_path):
@@ -104,9 +107,9 @@ def test_run_labels_name_what_differs(tmp_path):
     write_fake_run(tmp_path / "b", method="la", seed=1)
     write_fake_run(tmp_path / "c", method="concutmix", seed=0)
     runs = [tmp_path / n for n in "abc"]
-    assert viz.run_labels(runs) == ["method=la, seed=0", "method=la, seed=1", "method=concutmix, seed=0"]
-    assert viz.run_labels(runs, exclude=("seed",)) == ["method=la", "method=la", "method=concutmix"]
-    assert viz.run_labels(runs[:1]) == ["a"]
+    assert run_labels(runs) == ["method=la, seed=0", "method=la, seed=1", "method=concutmix, seed=0"]
+    assert run_labels(runs, exclude=("seed",)) == ["method=la", "method=la", "method=concutmix"]
+    assert run_labels(runs[:1]) == ["a"]
 
 
 def test_learning_curves_single_and_many(two_runs):
@@ -156,7 +159,7 @@ def test_shot_bars_pools_seeds_and_marks_empty_group(tmp_path):
         summary["final"]["few"] = None
         (tmp_path / name / "summary.json").write_text(json.dumps(summary))
     runs = [tmp_path / "s0", tmp_path / "s1"]
-    labels = viz.run_labels(runs, exclude=("seed",))
+    labels = run_labels(runs, exclude=("seed",))
     fig = viz.shot_bars(runs, labels=labels)
     ax = fig.axes[0]
     mean_all = (written[0]["top1"] + written[1]["top1"]) / 2  # the two seeds pooled into one bar
@@ -218,32 +221,32 @@ def test_to_display_image_undoes_normalisation():
     raw = rng.random((3, 4, 5)).astype(np.float32)
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     normalised = (raw - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
-    shown = viz.to_display_image(normalised, mean, std)
+    shown = to_display_image(normalised, mean, std)
     assert shown.shape == (4, 5, 3)
     assert np.allclose(shown, raw.transpose(1, 2, 0), atol=1e-6)
     uint8 = (raw * 255).astype(np.uint8)
-    assert np.allclose(viz.to_display_image(uint8), uint8.transpose(1, 2, 0) / 255.0)
+    assert np.allclose(to_display_image(uint8), uint8.transpose(1, 2, 0) / 255.0)
 
 
 def test_mixed_panel_label_bars_and_gallery():
     image = np.zeros((3, 8, 8), dtype=np.float32)
-    fig = viz.mixed_sample_panel(image, image, image, box=(2, 3, 6, 7))
+    fig = mixed_sample_panel(image, image, image, box=(2, 3, 6, 7))
     rectangles = [p for ax in fig.axes for p in ax.patches]
     assert len(rectangles) == 2 and rectangles[0].get_width() == 4 and rectangles[0].get_height() == 4
     area = np.array([0.7, 0.3, 0, 0, 0])
     semantic = np.array([0.1, 0.2, 0.4, 0.3, 0])
     final = 0.9 * area + 0.1 * semantic
-    bars = viz.label_bars(area, semantic, final, class_names=list("abcde"), top=4, lam=0.7, rho=0.5, weight=0.1)
+    bars = label_bars(area, semantic, final, class_names=list("abcde"), top=4, lam=0.7, rho=0.5, weight=0.1)
     ticks = [t.get_text() for t in bars.axes[2].get_xticklabels()]
     assert ticks[0] == "a" and "e" not in ticks and len(ticks) == 4
     assert sorted(round(p.get_height(), 6) for p in bars.axes[2].patches) == sorted(
         round(v, 6) for v in final[[0, 1, 2, 3]]
     )
     assert "ρ·ω = 0.10000" in bars._suptitle.get_text()
-    grid = viz.gallery(np.zeros((5, 3, 8, 8), dtype=np.float32), [str(i) for i in range(5)], ncols=3)
+    grid = gallery(np.zeros((5, 3, 8, 8), dtype=np.float32), [str(i) for i in range(5)], ncols=3)
     assert len(grid.axes) == 6 and [ax.get_title() for ax in grid.axes[:5]] == list("01234")
     with pytest.raises(ValueError, match="titles has 2 entries"):
-        viz.gallery(np.zeros((3, 3, 8, 8)), ["a", "b"])
+        gallery(np.zeros((3, 3, 8, 8)), ["a", "b"])
 
 
 def test_save_figure_png_and_svg_atomically(tmp_path):
@@ -263,7 +266,7 @@ def test_viz_does_not_select_a_backend():
     import subprocess
     import sys
 
-    code = "import matplotlib, ccmix.viz, sys; sys.exit(0 if 'matplotlib.pyplot' not in sys.modules else 1)"
+    code = "import matplotlib, ccmix.notebook.viz, sys; sys.exit(0 if 'matplotlib.pyplot' not in sys.modules else 1)"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
 
@@ -294,7 +297,7 @@ def test_usable_runs_skip_what_cannot_be_analysed_with_one_sentence_each(tmp_pat
 
     order = ["diverged", "good_a", "nan", "no_config", "good_b", "other_method", "damaged"]
     sentences = []
-    records = viz.usable_runs([tmp_path / name for name in order], report=sentences.append)
+    records = usable_runs([tmp_path / name for name in order], report=sentences.append)
     assert [record.name for record in records] == ["good_a", "good_b"]
     assert len(sentences) == 5 and all("\n" not in s and s.startswith("skipped: run ") for s in sentences)
     assert sentences[0] == "skipped: run 'diverged' is failed: the loss became NaN at epoch 2"
@@ -307,15 +310,15 @@ def test_usable_runs_skip_what_cannot_be_analysed_with_one_sentence_each(tmp_pat
 
 
 def test_tsne_of_a_run_with_non_finite_features_is_refused_in_one_sentence(tmp_path, monkeypatch):
-    import ccmix.engine
+    import ccmix.train.evaluation
 
     write_fake_run(tmp_path / "r")
     (tmp_path / "r" / "last.pt").write_bytes(b"weights")  # only its presence is looked at before embedding
     features = np.ones((20, 4), dtype=np.float32)
     features[3, 1] = np.inf  # what the encoder of overflowing weights returns
-    monkeypatch.setattr(ccmix.engine, "embed_test_set", lambda *a, **k: {"features": features,
+    monkeypatch.setattr(ccmix.train.evaluation, "embed_test_set", lambda *a, **k: {"features": features,
                                                                          "labels": np.arange(20) % 8})
-    with pytest.raises(viz.UnusableRun, match="run 'r' gives non-finite test features from last.pt"):
+    with pytest.raises(UnusableRun, match="run 'r' gives non-finite test features from last.pt"):
         viz.tsne_of_run(tmp_path / "r")
 
 
@@ -323,8 +326,7 @@ def test_tsne_of_a_run_with_non_finite_features_is_refused_in_one_sentence(tmp_p
 
 
 def test_reproduction_bars_equal_the_table(tmp_path):
-    from ccmix import sweep
-    from ccmix.config import PUBLISHED_TOP1, preset
+    from ccmix.config.presets import PUBLISHED_TOP1, preset
 
     for name, tops in (("cifar100_imb100", (50.0, 53.0, 51.5)), ("cifar10_imb100", (84.0,))):
         for seed, top1 in enumerate(tops):
@@ -335,8 +337,8 @@ def test_reproduction_bars_equal_the_table(tmp_path):
             final = {"epoch": 200, "top1": top1, "many": None, "medium": None, "few": None}
             (folder / "summary.json").write_text(json.dumps({"status": "completed", "final": final,
                                                               "best": dict(final, top1=top1 + 1.0)}))
-    results = sweep.collect_results(sweep.run_folders(tmp_path))
-    table = sweep.reproduction_table(results)
+    results = collect_results(run_folders(tmp_path))
+    table = reproduction_table(results)
     assert list(table.index) == ["cifar100_imb100", "cifar10_imb100"]
     assert table.loc["cifar100_imb100", "final_top1_mean"] == pytest.approx(np.mean([50.0, 53.0, 51.5]))
     assert table.loc["cifar100_imb100", "final_top1_std"] == pytest.approx(np.std([50.0, 53.0, 51.5], ddof=1))
@@ -359,5 +361,5 @@ def test_reproduction_bars_equal_the_table(tmp_path):
     viz.save_figure(fig, tmp_path / "figures", "reproduction")
     assert (tmp_path / "figures" / "reproduction.png").is_file() and (tmp_path / "figures" / "reproduction.svg").is_file()
 
-    empty = viz.reproduction(sweep.collect_results([tmp_path / "cifar10_imb100_seed0"]).assign(published_top1=None))
+    empty = viz.reproduction(collect_results([tmp_path / "cifar10_imb100_seed0"]).assign(published_top1=None))
     assert "no completed run reproduces a published preset" in empty.axes[0].texts[0].get_text()

@@ -1,4 +1,4 @@
-"""Tests of the CutMix explorer (ccmix.widgets), driven headlessly: widget values are set in Python and
+"""Tests of the CutMix explorer (ccmix.notebook.widgets), driven headlessly: widget values are set in Python and
 the numbers are checked against the definitions (docs/method.md, sections 2 and 5), computed here by loops."""
 
 from __future__ import annotations
@@ -9,25 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from ccmix.config import ConfigError, TrainConfig
-from ccmix.cutmix import sample_boxes
-from ccmix.widgets import (
-    box_at,
-    box_tuple,
-    build_explorer,
-    explore_sample,
-    gallery_batch,
-    gallery_figure,
-    prepare_explorer,
-)
+from ccmix.config.fields import TrainConfig
+from ccmix.config.rules import ConfigError
+from ccmix.method.cutmix import sample_boxes
+from ccmix.notebook.explorer import box_at, box_tuple, explore_sample, gallery_batch, gallery_figure
+from ccmix.notebook.widgets import build_explorer, prepare_explorer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def explorer_inputs():
-    from ccmix.data import build_datasets
-    from ccmix.engine import build_run_model
+    from ccmix.data.datasets import build_datasets
+    from ccmix.train.evaluation import build_run_model
 
     config = TrainConfig(dataset="synthetic", imb=10, topk=3, omega=20 / 255, num_workers=0, device="cpu")
     train, _ = build_datasets(config)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ccmix.config import FIXED_NUM_CLASSES, LIST_DATASETS, PROFILED_DATASETS, TrainConfig, list_files
+from ccmix.config.fields import FIXED_NUM_CLASSES, LIST_DATASETS, PROFILED_DATASETS, TrainConfig, list_files
 from ccmix.data.images import decode_files, decode_rgb_tensor, read_rgb, read_size, to_rgb
 from ccmix.data.longtail import longtail_indices
 from ccmix.data.synthetic import TEST_PER_CLASS, TRAIN_PER_CLASS, synthetic_class_names, synthetic_split
@@ -388,7 +388,7 @@ def build_datasets(config: TrainConfig) -> tuple[LabelledImages, LabelledImages]
         train = synthetic_dataset(config.synthetic_classes, "train")
         test = synthetic_dataset(config.synthetic_classes, "test")
     else:
-        raise ValueError(f"dataset {name!r} is not accepted; choose one of the ccmix.config.DATASETS")
+        raise ValueError(f"dataset {name!r} is not accepted; choose one of the ccmix.config.fields.DATASETS")
     if name in PROFILED_DATASETS:
         kept = longtail_indices(train.targets, train.num_classes, config.imb, config.imb_profile, config.subset_seed)
         train = train.subset(kept)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ccmix.config import PROFILES
+from ccmix.config.fields import PROFILES
 
 DEFAULT_SUBSET_SEED = 10
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ccmix.config import BACKGROUND_SAMPLERS, FOREGROUND_SAMPLERS
+from ccmix.config.fields import BACKGROUND_SAMPLERS, FOREGROUND_SAMPLERS
 from ccmix.rng import torch_generator
 
 

@@ -10,11 +10,11 @@ Every number of the recipes is a module-level constant (and is also grouped in t
 ``*_PARAMS`` dataclasses) so that a batched implementation can reuse exactly the same
 values. Every view takes a PIL RGB image and returns a float32 normalised (3, H, W)
 tensor. Every random draw of a view comes from torch's global CPU generator (torchvision
-v2 and ``ccmix.data.pil_aug`` use no other), which the classic pipeline seeds per item;
+v2 and ``ccmix.data.augment.pil`` use no other), which the classic pipeline seeds per item;
 a transform added here must keep to it (``tests/test_same_seed.py`` checks).
 
 The CIFAR view 0 and the blur of the CIFAR contrastive views are PIL operations with the
-semantics of the published code (``ccmix.data.pil_aug``): AutoAugment with grey fill, and
+semantics of the published code (``ccmix.data.augment.pil``): AutoAugment with grey fill, and
 PIL's Gaussian blur (its kernel grows with sigma).
 
 ImageNet-scale choices (recipe ``imagenet``, the ``sim-sim`` setting of the published
@@ -39,7 +39,18 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms import v2
 
-from ccmix.data.pil_aug import CifarAutoAugment, PILGaussianBlur, RandAugment
+from ccmix.data.augment.pil import CifarAutoAugment, PILGaussianBlur, RandAugment
+from ccmix.data.augment.tables import (
+    BLUR_PROB,
+    BLUR_SIGMA,
+    CONTRASTIVE_JITTER,
+    CONTRASTIVE_JITTER_PROB,
+    GRAYSCALE_PROB,
+    IMAGENET_VIEW0_JITTER,
+    RANDAUGMENT_MAGNITUDE,
+    RANDAUGMENT_MAGNITUDE_STD,
+    RANDAUGMENT_NUM_OPS,
+)
 
 RECIPES = ("cifar", "imagenet")
 CONTRASTIVE_VARIANTS = ("sim-sim", "sim-rand", "randstack")
@@ -63,15 +74,6 @@ CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range (torchvision
 FLIP_PROB = 0.5
 
 # --- colour ---
-CONTRASTIVE_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
-CONTRASTIVE_JITTER_PROB = 0.8
-GRAYSCALE_PROB = 0.2
-BLUR_PROB = 0.5  # CIFAR contrastive views only
-BLUR_SIGMA = (0.1, 2.0)  # pixels, sigma drawn uniformly from this range (PIL GaussianBlur radius)
-IMAGENET_VIEW0_JITTER = (0.4, 0.4, 0.4, 0.0)  # brightness, contrast, saturation, hue; always applied
-RANDAUGMENT_NUM_OPS = 2
-RANDAUGMENT_MAGNITUDE = 10  # on the 0..10 level scale, so the strongest
-RANDAUGMENT_MAGNITUDE_STD = 0.5  # level noise per application
 
 
 @dataclass(frozen=True)
@@ -226,11 +228,9 @@ def test_view(recipe: str, dataset: str) -> v2.Compose:
 test_view.__test__ = False
 
 __all__ = [
-    "RECIPES", "CIFAR_MEAN", "CIFAR_STD", "IMAGENET_MEAN", "IMAGENET_STD", "INAT_MEAN", "INAT_STD",
-    "CIFAR_SIZE", "CIFAR_PAD", "IMAGENET_SIZE", "IMAGENET_RESIZE", "CIFAR_CONTRASTIVE_SCALE", "IMAGENET_CROP_SCALE",
-    "CROP_RATIO", "FLIP_PROB", "CONTRASTIVE_JITTER", "CONTRASTIVE_JITTER_PROB", "GRAYSCALE_PROB", "BLUR_PROB",
-    "BLUR_SIGMA", "IMAGENET_VIEW0_JITTER", "RANDAUGMENT_NUM_OPS", "RANDAUGMENT_MAGNITUDE",
-    "RANDAUGMENT_MAGNITUDE_STD", "ContrastiveViewParams", "CONTRASTIVE_PARAMS", "CONTRASTIVE_VARIANTS", "resolve_recipe",
-    "normalization", "mean_fill", "randaugment", "classification_view", "contrastive_view", "contrastive_view_pair",
-    "test_view",
+    "RECIPES", "CIFAR_MEAN", "CIFAR_STD", "IMAGENET_MEAN", "IMAGENET_STD", "INAT_MEAN", "INAT_STD", "CIFAR_SIZE",
+    "CIFAR_PAD", "IMAGENET_SIZE", "IMAGENET_RESIZE", "CIFAR_CONTRASTIVE_SCALE", "IMAGENET_CROP_SCALE",
+    "CROP_RATIO", "FLIP_PROB", "ContrastiveViewParams", "CONTRASTIVE_PARAMS", "CONTRASTIVE_VARIANTS",
+    "resolve_recipe", "normalization", "mean_fill", "randaugment", "classification_view", "contrastive_view",
+    "contrastive_view_pair", "test_view"
 ]

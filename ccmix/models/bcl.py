@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ccmix.config import CLASSIFIERS
+from ccmix.config.fields import CLASSIFIERS
 from ccmix.models.encoders import ENCODERS, build_encoder, load_pretrained
 
 # Hidden width of the projection and centre heads per encoder (docs/method.md).

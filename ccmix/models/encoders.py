@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torchvision import models as tv_models
 
-from ccmix.config import ARCHS
+from ccmix.config.fields import ARCHS
 from ccmix.models.resnet_cifar import resnet32
 from ccmix.models.tiny import tiny
 

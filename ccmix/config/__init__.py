@@ -1,0 +1,1 @@
+"""Configuration: the fields of a run, their value rules, the presets and validation."""

@@ -1,0 +1,78 @@
+"""PIL's Gaussian blur as a batch op: three box-blur passes whose radius follows sigma (pixels).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ccmix.data.augment.dispatch import to_device
+
+# PIL's GaussianBlur (Pillow's BoxBlur.c): three passes of an "extended" box filter per axis, whose
+# fractional radius gives the three passes together the variance of a Gaussian of the requested sigma
+# (Gwosdek et al., "Theoretical foundations of Gaussian convolution by extended box filtering", SSVM 2011).
+BLUR_PASSES = 3
+
+
+_FIXED_POINT = float(1 << 24)  # PIL's box weights are 24-bit fixed-point numbers
+
+
+def pil_box_radius(sigma: torch.Tensor) -> torch.Tensor:
+    """Return float64 (N,) fractional box radii that PIL's GaussianBlur uses for per-image ``sigma`` (N,) pixels."""
+    variance = sigma.double().square() / BLUR_PASSES
+    whole = torch.floor((torch.sqrt(12.0 * variance + 1.0) - 1.0) / 2.0)
+    fraction = (2.0 * whole + 1.0) * (whole * (whole + 1.0) - 3.0 * variance)
+    return whole + fraction / (6.0 * (variance - (whole + 1.0).square()))
+
+
+def box_blur_weights(radius: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Return (float64 (N, 2 * reach + 1) taps, reach) of PIL's extended box filter of per-image ``radius`` (N,).
+
+    The 2 * floor(r) + 1 inner taps weigh 1 / (2r + 1) each and the two outer ones share
+    the rest, with PIL's 24-bit fixed-point rounding; reach = max floor(r) + 1 pixels.
+    """
+    radius = radius.double().cpu()
+    whole = torch.floor(radius)
+    reach = int(whole.numpy().max()) + 1 if radius.numel() else 1  # .numpy(): a host read, never a device wait
+    inner = torch.floor(_FIXED_POINT / (2.0 * radius + 1.0))
+    outer = torch.floor((_FIXED_POINT - (2.0 * whole + 1.0) * inner) / 2.0)
+    distance = torch.arange(-reach, reach + 1, dtype=torch.float64).abs().view(1, -1)
+    whole = whole.view(-1, 1)
+    taps = torch.where(distance <= whole, inner.view(-1, 1), torch.where(distance == whole + 1, outer.view(-1, 1), 0.0))
+    return taps / _FIXED_POINT, reach
+
+
+def _box_pass(images: torch.Tensor, taps: torch.Tensor, reach: int) -> torch.Tensor:
+    """Return one box pass along the last axis, edge pixels repeated beyond the border (as PIL); taps (K, N, 1, 1, 1)."""
+    padded = F.pad(images, (reach, reach, 0, 0), mode="replicate")
+    width = images.shape[-1]
+    out = padded[..., 0:width] * taps[0]
+    for k in range(1, taps.shape[0]):
+        out.addcmul_(padded[..., k:k + width], taps[k])
+    return out
+
+
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Return new images blurred as PIL's ``ImageFilter.GaussianBlur(radius=sigma)`` blurs, per-image sigma.
+
+    images: float (N, 3, H, W), in [0, 1] or any other scale (the filter is linear);
+    sigma: (N,) pixels, ideally a CPU tensor (its kernel sizes are read on the host). Three
+    extended-box passes along the rows then three along the columns, edges repeated,
+    as in Pillow; unlike Pillow, values are not rounded to 8 bits between passes.
+    """
+    taps, reach = box_blur_weights(pil_box_radius(sigma.to("cpu")))
+    return box_blur(images, taps, reach)
+
+
+def box_blur(images: torch.Tensor, taps: torch.Tensor, reach: int) -> torch.Tensor:
+    """Return new images after ``BLUR_PASSES`` box passes per axis with per-image ``taps`` (N, 2 * reach + 1)."""
+    if images.shape[0] == 0:
+        return images.clone()
+    taps = to_device(taps.t().contiguous(), images.device, images.dtype).view(-1, images.shape[0], 1, 1, 1)
+    out = images
+    for _ in range(BLUR_PASSES):
+        out = _box_pass(out, taps, reach)
+    out = out.transpose(-1, -2)
+    for _ in range(BLUR_PASSES):
+        out = _box_pass(out, taps, reach)
+    return out.transpose(-1, -2).contiguous()

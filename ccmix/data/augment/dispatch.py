@@ -1,0 +1,63 @@
+"""Running a different op per image in one batch: group the images by op and apply each group at once.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+
+def to_device(values: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Return ``values`` (usually small CPU parameters) on ``device``, converted to ``dtype`` first.
+
+    On CUDA the copy goes through pinned memory, so it is asynchronous and never waits
+    for the kernels already queued (a copy from pageable memory would).
+    """
+    values = values.to(dtype) if dtype is not None else values
+    if values.device == device:
+        return values
+    if device.type == "cuda" and values.device.type == "cpu":
+        values = values.pin_memory()
+    return values.to(device, non_blocking=True)
+
+
+@lru_cache(maxsize=64)
+def _constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Return a cached 1-D tensor of ``values`` on ``device`` (made once, not on every call)."""
+    return torch.tensor(values, dtype=dtype).to(device)
+
+
+def _per_image(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Return (n,) values as an (n, 1, 1, 1) tensor with the dtype and device of ``like``."""
+    return to_device(values, like.device, like.dtype).view(-1, 1, 1, 1)
+
+
+def apply_grouped(images: torch.Tensor, group: torch.Tensor, handlers: list, params: dict) -> torch.Tensor:
+    """Return ``images`` (modified in place) after ``handlers[g](subset, subset_params)`` for each group g.
+
+    ``group`` is a CPU int64 (B,) tensor of group ids; ids outside ``range(len(handlers))``
+    leave their image untouched. ``params`` maps names to CPU tensors with a leading (B,)
+    dimension; each handler receives its images as a fresh tensor (which it may overwrite)
+    and the parameters restricted to them, on the images' device. The number of operator
+    calls is bounded by the number of groups, not by B.
+    """
+    if images.shape[0] == 0:
+        return images
+    group = group.to("cpu").long()
+    group = torch.where((group >= 0) & (group < len(handlers)), group, len(handlers))  # len(handlers): untouched
+    order = torch.argsort(group, stable=True)
+    counts = torch.bincount(group, minlength=len(handlers) + 1).tolist()
+    if sum(counts[: len(handlers)]) == 0:
+        return images
+    device = images.device
+    order_device = to_device(order, device)
+    sorted_params = {name: to_device(value[order], device) for name, value in params.items()}
+    start = 0
+    for handler, count in zip(handlers, counts):
+        if count:
+            index = order_device[start:start + count]
+            subset = {name: value[start:start + count] for name, value in sorted_params.items()}
+            images.index_copy_(0, index, handler(images.index_select(0, index), subset))
+        start += count
+    return images

@@ -1,0 +1,160 @@
+"""Batched geometric ops on (B, 3, H, W) images with PIL's semantics: affine warps (shear, translate,
+rotate) with nearest, bilinear or bicubic sampling, padded random crops, flips and resized crops.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ccmix.data.augment.dispatch import _constant, to_device
+from ccmix.data.augment.tables import _OP, GEOMETRIC_OPS, MAX_VALUE
+
+# PIL's affine convention: output pixel (x, y) takes the input at (a, b, c, d, e, f) applied to its
+# centre, X = a (x + 0.5) + b (y + 0.5) + c and Y = d (x + 0.5) + e (y + 0.5) + f, in pixels from the
+# top-left corner; a point outside [0, W) x [0, H) gets the fill colour.
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+def _pil_source(coefficients: torch.Tensor, height: int, width: int, device: torch.device) -> tuple:
+    """Return float64 source coordinates (X, Y), each (B, H, W), of PIL affine ``coefficients`` (B, 6)."""
+    c = to_device(coefficients, device, torch.float64)
+    x = (torch.arange(width, device=device, dtype=torch.float64) + 0.5).view(1, 1, -1)
+    y = (torch.arange(height, device=device, dtype=torch.float64) + 0.5).view(1, -1, 1)
+    source_x = c[:, 0].view(-1, 1, 1) * x + c[:, 1].view(-1, 1, 1) * y + c[:, 2].view(-1, 1, 1)
+    source_y = c[:, 3].view(-1, 1, 1) * x + c[:, 4].view(-1, 1, 1) * y + c[:, 5].view(-1, 1, 1)
+    return source_x, source_y
+
+
+def _cubic_weights(d: torch.Tensor) -> list[torch.Tensor]:
+    """Return PIL's four bicubic weights (cubic convolution with a = -1) at fractional offsets ``d``."""
+    d2, d3 = d * d, d * d * d
+    return [-d + 2.0 * d2 - d3, 1.0 - 2.0 * d2 + d3, d + d2 - d3, d3 - d2]
+
+
+def _linear_weights(d: torch.Tensor) -> list[torch.Tensor]:
+    """Return the two bilinear weights at fractional offsets ``d``."""
+    return [1.0 - d, d]
+
+
+def pil_affine(images: torch.Tensor, coefficients: torch.Tensor, fill: tuple[float, float, float],
+               interpolation: str = "nearest") -> torch.Tensor:
+    """Return new images warped as PIL's ``Image.transform(size, AFFINE, coefficients, resample, fillcolor)``.
+
+    images float (B, C, H, W) 0..255; coefficients float64 (B, 6) per image (output pixel
+    centre -> input point); fill: one value per channel for points outside the image.
+    nearest takes the pixel containing the point; bilinear and bicubic (PIL's a = -1
+    kernel) read neighbours with indices clamped to the image, as Pillow's filters do.
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r} is not accepted; choose one of: {', '.join(INTERPOLATIONS)}")
+    batch, channels, height, width = images.shape
+    device = images.device
+    source_x, source_y = _pil_source(coefficients, height, width, device)
+    inside = (source_x >= 0) & (source_x < width) & (source_y >= 0) & (source_y < height)
+    flat = images.reshape(batch, channels, height * width)
+
+    def read(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        index = (rows.clamp(0, height - 1) * width + columns.clamp(0, width - 1)).view(batch, 1, -1)
+        return flat.gather(2, index.expand(batch, channels, height * width)).view(batch, channels, height, width)
+
+    if interpolation == "nearest":
+        out = read(source_y.floor().long(), source_x.floor().long())
+    else:
+        weights, first = (_linear_weights, 0) if interpolation == "bilinear" else (_cubic_weights, -1)
+        start_x, start_y = (source_x - 0.5).floor(), (source_y - 0.5).floor()
+        wx = [w.to(images.dtype).unsqueeze(1) for w in weights(source_x - 0.5 - start_x)]
+        wy = [w.to(images.dtype).unsqueeze(1) for w in weights(source_y - 0.5 - start_y)]
+        start_x, start_y = start_x.long() + first, start_y.long() + first
+        out = torch.zeros_like(images)
+        for j, weight_y in enumerate(wy):
+            row = sum(weight_x * read(start_y + j, start_x + i) for i, weight_x in enumerate(wx))
+            out.add_(row * weight_y)
+        if interpolation == "bicubic":
+            out.clamp_(0.0, MAX_VALUE)
+    fill_values = _constant(tuple(float(v) for v in fill), device, images.dtype).view(1, -1, 1, 1)
+    return torch.where(inside.unsqueeze(1), out, fill_values)
+
+
+def rotation_coefficients(degrees: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Return float64 (B, 6) PIL affine coefficients of ``Image.rotate(degrees)`` (counter-clockwise, about the centre)."""
+    angle = -torch.deg2rad(degrees.double())
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    centre_x, centre_y = width / 2.0, height / 2.0
+    return torch.stack((cos, sin, centre_x - cos * centre_x - sin * centre_y,
+                        -sin, cos, centre_y + sin * centre_x - cos * centre_y), dim=1)
+
+
+def geometric_coefficients(op: torch.Tensor, value: torch.Tensor, codes: dict[str, int], height: int,
+                           width: int) -> torch.Tensor:
+    """Return float64 (B, 6) PIL affine coefficients of geometric ops (identity for the others).
+
+    op (B,) op codes; value (B,) their signed argument; ``codes`` maps "ShearX", "ShearY",
+    "TranslateX", "TranslateY" and "Rotate" to the codes of the op table. Shears about the
+    top-left corner, translations by ``value`` pixels (the content moves the other way),
+    rotations by ``value`` degrees counter-clockwise about the centre, as PIL does them.
+    """
+    value = value.double()
+    zeros, ones = torch.zeros_like(value), torch.ones_like(value)
+    coefficients = torch.stack((ones, zeros, zeros, zeros, ones, zeros), dim=1)
+    for column, name in ((1, "ShearX"), (3, "ShearY"), (2, "TranslateX"), (5, "TranslateY")):
+        coefficients[:, column] = torch.where(op == codes[name], value, zeros)
+    rotate = op == codes["Rotate"]
+    return torch.where(rotate.view(-1, 1), rotation_coefficients(value, height, width), coefficients)
+
+
+def autoaugment_coefficients(op: torch.Tensor, magnitude: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Return float64 (B, 6) PIL affine coefficients of geometric AutoAugment ops (``geometric_coefficients``)."""
+    return geometric_coefficients(op, magnitude, {name: _OP[name] for name in GEOMETRIC_OPS}, height, width)
+
+
+def apply_crop_flip(images: torch.Tensor, params: dict, padding: int = 4) -> torch.Tensor:
+    """Return (B, C, H, W) crops of the zero-padded images at ("top", "left"), mirrored where "flip".
+
+    Works on any dtype (uint8 in the pipeline): one pad and one gather, no interpolation.
+    """
+    batch, channels, height, width = images.shape
+    device = images.device
+    padded = F.pad(images, (padding, padding, padding, padding)) if padding else images
+    padded_width = width + 2 * padding
+    top = to_device(params["top"], device).view(-1, 1, 1)
+    left = to_device(params["left"], device).view(-1, 1, 1)
+    flip = to_device(params["flip"], device).view(-1, 1, 1)
+    rows = torch.arange(height, device=device).view(1, -1, 1) + top
+    columns = torch.arange(width, device=device).view(1, 1, -1)
+    columns = torch.where(flip, width - 1 - columns, columns) + left
+    index = (rows * padded_width + columns).view(batch, 1, height * width).expand(batch, channels, height * width)
+    return padded.reshape(batch, channels, -1).gather(2, index).view(batch, channels, height, width)
+
+
+def _crop_coordinates(start: torch.Tensor, length: torch.Tensor, out_size: int, in_size: int,
+                      flip: torch.Tensor | None) -> torch.Tensor:
+    """Return (B, out_size) normalised grid coordinates that resize [start, start + length) to out_size pixels."""
+    position = torch.arange(out_size, dtype=torch.float64).view(1, -1)
+    if flip is not None:
+        position = torch.where(flip.view(-1, 1), out_size - 1 - position, position)
+    start = start.double().view(-1, 1)
+    length = length.double().view(-1, 1)
+    # pixel-centre convention of bilinear resizing, clamped to the crop as a crop-then-resize would be
+    source = start + (position + 0.5) * length / out_size - 0.5
+    source = torch.minimum(torch.maximum(source, start), start + length - 1)
+    return ((2.0 * source + 1.0) / in_size - 1.0).float()
+
+
+def apply_resized_crop(images: torch.Tensor, params: dict, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Return new float (B, C, h, w) bilinear resizes of each image's box, mirrored where params["flip"].
+
+    ``params``: "top", "left", "height", "width" (B,) pixels and optional "flip" (B,)
+    bool. Same values as crop-then-resize (bilinear, half-pixel centres, no antialias,
+    which only matters when shrinking); the output size defaults to the input size. One
+    ``grid_sample`` with a separable per-image grid.
+    """
+    batch, _, height, width = images.shape
+    out_h, out_w = size if size is not None else (height, width)
+    gx = _crop_coordinates(params["left"], params["width"], out_w, width, params.get("flip"))
+    gy = _crop_coordinates(params["top"], params["height"], out_h, height, None)
+    gx = to_device(gx, images.device, images.dtype)
+    gy = to_device(gy, images.device, images.dtype)
+    grid = torch.stack((gx.view(batch, 1, out_w).expand(batch, out_h, out_w),
+                        gy.view(batch, out_h, 1).expand(batch, out_h, out_w)), dim=-1)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -1,0 +1,1 @@
+"""Training pipelines: per-sample (classic, DataLoader workers) and batched (fast)."""

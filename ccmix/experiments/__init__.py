@@ -1,0 +1,1 @@
+"""Experiments: sweeps (plan, local, SLURM, stopping, results), the subcommands, the notebooks' parameters and benchmarks."""

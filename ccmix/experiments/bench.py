@@ -1,0 +1,267 @@
+"""Throughput measurements: the classic and the fast training-data pipelines.
+
+The training views are those of Contrastive CutMix (Pan et al., "Enhanced Long-Tailed
+Recognition with Contrastive CutMix Augmentation", IEEE TIP 2024): view 0 of the
+background (with the AutoAugment CIFAR-10 policy of Cubuk et al., CVPR 2019), two
+contrastive views (Zhu et al., CVPR 2022) and view 0 of the foreground for CutMix (Yun
+et al., ICCV 2019). A "sample" is one training pair with every view its method needs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from ccmix.config.fields import TrainConfig
+from ccmix.method.collectives import DistContext
+from ccmix.method.step import build_optimizer, train_step
+from ccmix.train.evaluation import build_run_model, single_device
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def endless_batches(pipeline):
+    """Yield the pipeline's batches epoch after epoch, without end (benchmarks cross epoch boundaries)."""
+    epoch = 0
+    while True:
+        yield from pipeline.batches(epoch)
+        epoch += 1
+
+
+def _time_pipeline(pipeline, device: torch.device, batches: int, warmup: int) -> dict:
+    """Return {"samples_per_second", "seconds", "samples"} over ``batches`` batches after ``warmup`` untimed ones."""
+
+    iterator = endless_batches(pipeline)
+    for _ in range(warmup):
+        next(iterator)
+    _synchronize(device)
+    samples = 0
+    start = time.perf_counter()
+    for _ in range(batches):
+        samples += next(iterator).size
+    _synchronize(device)
+    seconds = time.perf_counter() - start
+    iterator.close()
+    return {"samples_per_second": samples / seconds, "seconds": seconds, "samples": samples}
+
+
+def measure_data_pipelines(config: TrainConfig, device: torch.device | str, batches: int = 20, warmup: int = 3,
+                           rounds: int = 1) -> dict:
+    """Return the samples/s of the classic and the fast pipeline on ``config``'s training set, same process.
+
+    Each round times the classic pipeline, then the fast one: ``warmup`` untimed batches,
+    then ``batches`` timed ones (crossing epochs when needed). The classic pipeline runs
+    with ``config.num_workers`` DataLoader workers; both read the images decoded once in
+    memory. Keys: "classic" and "fast" ({"samples_per_second": best round, "rounds":
+    samples/s of every round, "samples", "seconds" of the best round}), "speedup" (best
+    fast / best classic), "method", "views", "batch_size", "num_workers", "device",
+    "num_threads" (torch intra-op threads of this process), "train_images".
+    """
+    from ccmix.data.datasets import build_datasets
+    from ccmix.data.pipelines.classic import ClassicTrainPipeline
+    from ccmix.data.pipelines.fast import FastTrainPipeline
+
+    if rounds < 1 or batches < 1 or warmup < 0:
+        raise ValueError(f"rounds={rounds}, batches={batches}, warmup={warmup} are not accepted; "
+                         "rounds and batches must be >= 1 and warmup >= 0")
+    device = torch.device(device)
+    train, _ = build_datasets(config)
+    train.as_uint8_tensor()  # decode once, so both pipelines read the same in-memory images
+    pipelines = {
+        "classic": ClassicTrainPipeline(train, config.replace(pipeline="classic"), device),
+        "fast": FastTrainPipeline(train, config.replace(pipeline="fast"), device),
+    }
+    timings: dict[str, list[dict]] = {name: [] for name in pipelines}
+    for _ in range(rounds):
+        for name, pipeline in pipelines.items():
+            timings[name].append(_time_pipeline(pipeline, device, batches, warmup))
+    results = {}
+    for name, runs in timings.items():
+        best = max(runs, key=lambda run: run["samples_per_second"])
+        results[name] = dict(best, rounds=[run["samples_per_second"] for run in runs])
+    views = ["view0"] + (["contrastive", "contrastive"] if config.uses_contrastive else [])
+    views += ["foreground_view0"] if config.uses_cutmix else []
+    results.update({
+        "speedup": results["fast"]["samples_per_second"] / results["classic"]["samples_per_second"],
+        "method": config.method, "views": views, "batch_size": config.batch_size,
+        "num_workers": config.num_workers, "device": str(device), "num_threads": torch.get_num_threads(),
+        "train_images": len(train),
+    })
+    return results
+
+
+def _random_training_set(num_images: int, num_classes: int = 10, seed: int = 0):
+    """Return an ArrayImages of smooth random 32x32 RGB images with balanced labels."""
+    from ccmix.data.datasets import ArrayImages
+
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(num_images, 3, 8, 8, generator=generator)
+    images = torch.nn.functional.interpolate(coarse, size=32, mode="bilinear", align_corners=False)
+    images = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    targets = (np.arange(num_images) % num_classes).tolist()
+    return ArrayImages(images, targets, [f"class_{c}" for c in range(num_classes)])
+
+
+@contextmanager
+def _quiet_profiler_log():
+    """Keep the profiler's C++ library (Kineto) from logging its start, stop and device probes on stderr.
+
+    Kineto reads KINETO_LOG_LEVEL once, when the profiler is first used in the process; 6 is above its
+    highest level. A value the user set is kept, and the variable is restored afterwards.
+    """
+    previous = os.environ.get("KINETO_LOG_LEVEL")
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("KINETO_LOG_LEVEL", None)
+
+
+def count_operator_calls(function, *args, **kwargs) -> int:
+    """Return the number of top-level torch operator (``aten::``) calls ``function(*args, **kwargs)`` makes.
+
+    Counted with ``torch.profiler``; calls made inside another operator are not counted.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_profiler_log(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        function(*args, **kwargs)
+    count = 0
+    for event in prof.events():
+        if not event.name.startswith("aten::"):
+            continue
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith("aten::"):
+            parent = parent.cpu_parent
+        count += parent is None
+    return count
+
+
+def count_augment_ops(batch_size: int, device: torch.device | str = "cpu") -> int:
+    """Return the torch operator calls that the fast pipeline makes to build one concutmix batch of ``batch_size``.
+
+    Covers drawing the parameters and applying them: view 0 of background and
+    foreground, two contrastive views, labels. A per-sample loop would grow with
+    ``batch_size``; the grouped dispatch only varies by skipped empty groups.
+    """
+    from ccmix.data.pipelines.fast import FastTrainPipeline
+
+    device = torch.device(device)
+    train = _random_training_set(max(2 * batch_size, 64))
+    config = TrainConfig(dataset="synthetic", method="concutmix", batch_size=batch_size, pipeline="fast")
+    pipeline = FastTrainPipeline(train, config, device)
+    generator = torch.Generator().manual_seed(0)
+    background = torch.arange(batch_size, device=device)
+    foreground = torch.arange(batch_size, 2 * batch_size, device=device) % len(train)
+    pipeline.make_batch(background, foreground, pipeline.sample_step(batch_size, generator))  # warm caches
+
+    def one_batch():
+        pipeline.make_batch(background, foreground, pipeline.sample_step(batch_size, generator))
+        _synchronize(device)
+
+    return count_operator_calls(one_batch)
+
+
+def _longtail_training_set(config: TrainConfig, n_max: int, seed: int = 0):
+    """Return random smooth 32x32 images with ``config``'s class count and long-tail profile scaled to ``n_max``.
+
+    Throughput does not depend on what the pixels show, so the bench needs no download.
+    """
+    from ccmix.data.datasets import ArrayImages
+    from ccmix.data.longtail import longtail_counts
+
+    num_classes = config.num_classes
+    counts = longtail_counts(n_max, num_classes, config.imb, config.imb_profile)
+    generator = torch.Generator().manual_seed(seed)
+    total = sum(counts)
+    coarse = torch.rand(total, 3, 8, 8, generator=generator)
+    images = torch.nn.functional.interpolate(coarse, size=32, mode="bilinear", align_corners=False)
+    images = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    targets = [c for c, count in enumerate(counts) for _ in range(count)]
+    return ArrayImages(images, targets, [f"class_{c}" for c in range(num_classes)])
+
+
+def _time_training(pipeline, config: TrainConfig, device: torch.device, class_counts: list[int], batches: int,
+                   warmup: int) -> float:
+    """Return samples/s of full training steps (data, forward, losses, backward, SGD step) after ``warmup`` steps."""
+    model = build_run_model(config, len(class_counts)).to(device).train()
+    if device.type == "cuda" and config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, config)
+    counts = torch.tensor(class_counts, dtype=torch.float32, device=device)
+    cutmix_rng = np.random.default_rng(0)
+    context = DistContext(device=device)
+
+    iterator = endless_batches(pipeline)
+    samples, started = 0, None
+    for step in range(warmup + batches):
+        if step == warmup:
+            _synchronize(device)
+            started = time.perf_counter()
+        batch = next(iterator)
+        train_step(model, optimizer, batch, config, config.l_d_warm + 1, counts, cutmix_rng, context)
+        if step >= warmup:
+            samples += batch.size
+    _synchronize(device)
+    iterator.close()
+    return samples / (time.perf_counter() - started)
+
+
+def run_bench(quick: bool = False, device: str | None = "auto", preset: str = "cifar100_imb100") -> dict:
+    """Return the bench's JSON-ready result: data and training samples/s of both pipelines, ratios, op counts.
+
+    Both pipelines run on the same in-memory long-tailed training set (random images with
+    the preset's class counts), in this process, after warm-up; training steps use the
+    preset's method at semantic-label time (every part of the loss active). ``quick``
+    uses a smaller set and batch so it finishes in under a minute on 2 CPU cores. ``device`` is
+    auto (None too: CUDA when present), cpu or cuda; ConfigError when cuda is asked for and absent.
+    """
+    from ccmix.config.presets import preset as load_preset
+    from ccmix.data.pipelines.classic import ClassicTrainPipeline
+    from ccmix.data.pipelines.fast import FastTrainPipeline
+
+    config = load_preset(preset)
+    # the check train's device= gets: one sentence (ConfigError) when CUDA is asked for and absent
+    device = single_device(config.replace(device=device or "auto"))
+    if config.resolved_view_recipe != "cifar":
+        raise ValueError(f"preset={preset!r} is not accepted by bench; the fast pipeline covers CIFAR-scale presets")
+    batch_size = 64 if quick else config.batch_size
+    config = config.replace(batch_size=batch_size, device=device.type, progress=False,
+                            num_workers=min(2, os.cpu_count() or 1))
+    train = _longtail_training_set(config, n_max=100 if quick else 5000 if config.num_classes <= 10 else 500)
+    train.as_uint8_tensor()
+    pipelines = {
+        "classic": ClassicTrainPipeline(train, config.replace(pipeline="classic"), device),
+        "fast": FastTrainPipeline(train, config.replace(pipeline="fast"), device),
+    }
+    data_batches, train_batches, warmup = (4, 2, 1) if quick else (20, 10, 3)
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+              "preset": preset, "method": config.method, "batch_size": batch_size, "quick": quick,
+              "torch_threads": torch.get_num_threads(), "num_workers": config.num_workers, "train_images": len(train)}
+    for name, pipeline in pipelines.items():
+        result[f"data_{name}"] = _time_pipeline(pipeline, device, data_batches, warmup)["samples_per_second"]
+    if quick:  # full training steps dominate a CPU's minute: time them on half-size batches
+        train_config = config.replace(batch_size=batch_size // 2)
+        pipelines = {
+            "classic": ClassicTrainPipeline(train, train_config.replace(pipeline="classic"), device),
+            "fast": FastTrainPipeline(train, train_config.replace(pipeline="fast"), device),
+        }
+        result["train_batch_size"] = train_config.batch_size
+    for name, pipeline in pipelines.items():
+        result[f"train_{name}"] = _time_training(pipeline, config, device, train.class_counts, train_batches, warmup)
+    result["data_ratio"] = result["data_fast"] / result["data_classic"]
+    result["train_ratio"] = result["train_fast"] / result["train_classic"]
+    result["ops_per_batch_64"] = count_augment_ops(64, device)
+    result["ops_per_batch_512"] = count_augment_ops(512, device)
+    return {key: round(value, 2) if isinstance(value, float) else value for key, value in result.items()}
+
+
+__all__ = ["measure_data_pipelines", "count_augment_ops", "count_operator_calls", "run_bench"]

@@ -1,0 +1,1 @@
+"""Notebook views: figures, the sample galleries and the CutMix explorer widgets."""

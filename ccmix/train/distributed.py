@@ -1,0 +1,260 @@
+"""Data-parallel training with PyTorch's own stack (torchrun + DistributedDataParallel).
+
+``torchrun`` sets RANK / WORLD_SIZE / LOCAL_RANK; ``init_distributed`` joins the
+process group (NCCL on CUDA, gloo on the CPU). ``batch_size`` stays the global
+batch: each rank takes every ``world_size``-th column of the global batch, and
+the balanced contrastive loss of Zhu et al. (CVPR 2022) is computed over the
+embeddings gathered from every rank (with gradients), so the objective does not
+depend on the number of processes. BatchNorm statistics can be made global too
+(``convert_sync_batchnorm``): torch's SyncBatchNorm on GPUs, and on the CPU
+(gloo) ``GlobalBatchNorm``, which merges per-rank statistics with gradients.
+Everything written to the run folder is written by rank 0 only.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ccmix.config.fields import TrainConfig
+from ccmix.method.collectives import DistContext, _all_gather_autograd
+
+
+def launched_by_torchrun() -> bool:
+    """True when the environment carries a torchrun world of more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """Return the torch device for ``name`` (auto: CUDA when present), one GPU per local rank."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device='cuda' was asked for but no CUDA device is available; use device=cpu or auto")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init_distributed(device_name: str) -> DistContext:
+    """Return the process's DistContext, joining the torchrun process group when there is one."""
+    if not launched_by_torchrun():
+        return DistContext(device=resolve_device(device_name))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        if device.type == "cuda":
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
+    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device,
+                       owns_group=owns_group)
+
+
+def check_world_size(batch_size: int, grad_accum_steps: int, world_size: int) -> None:
+    """Raise ValueError unless the global batch splits evenly over the processes and accumulation steps.
+
+    Equal shares make the DDP average of per-rank mean losses the global mean, and make
+    accumulation micro-batch k of every rank a slice of the same global micro-batch.
+    """
+    if batch_size % (world_size * grad_accum_steps):
+        what = f"{world_size} processes" + (f" x {grad_accum_steps} accumulation steps" if grad_accum_steps > 1 else "")
+        raise ValueError(
+            f"batch_size={batch_size} is not accepted with {what}; batch_size is the global batch and must be "
+            f"divisible by {world_size * grad_accum_steps}"
+        )
+
+
+def barrier(context: DistContext) -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if context.enabled:
+        dist.barrier()
+
+
+def all_gather_objects(value, context: DistContext) -> list:
+    """Return the list of every rank's picklable ``value``, in rank order ([value] in a single process)."""
+    if not context.enabled:
+        return [value]
+    values = [None] * context.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def broadcast_buffers(module: nn.Module, context: DistContext) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank, in place."""
+    if not context.enabled:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def gather_strided_shards(values: np.ndarray, total: int, context: DistContext) -> np.ndarray:
+    """Return the (total, ...) array whose rows r::world_size are rank r's ``values``: dataset order restored."""
+    if not context.enabled:
+        return values
+    shards = all_gather_objects(values, context)
+    merged = np.empty((total, *shards[0].shape[1:]), dtype=shards[0].dtype)
+    for rank, shard in enumerate(shards):
+        merged[rank::context.world_size] = shard
+    return merged
+
+
+@contextmanager
+def main_process_first(context: DistContext) -> Iterator[None]:
+    """Run the body on rank 0 before the other ranks, so downloads and caches are written once."""
+    if context.enabled and not context.is_main:
+        barrier(context)
+    yield
+    if context.enabled and context.is_main:
+        barrier(context)
+
+
+def cleanup(context: DistContext) -> None:
+    """Leave the process group if init_distributed created it for this process."""
+    if context.enabled and context.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- modules
+
+
+class ClassifierPath(nn.Module):
+    """The encoder and classifier of a model as one module: forward(images (N,3,H,W)) -> logits (N, C).
+
+    DDP over this module trains methods without the contrastive loss (ce, la, cutmix):
+    only the parameters ``model.classify`` uses are registered, so DDP need not search
+    for the unused projection and centre heads every step.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.encoder = model.encoder
+        self.classifier = model.classifier
+        object.__setattr__(self, "_model", model)  # not a submodule: its heads stay out of DDP
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the raw logits (N, C) of ``images`` (N, 3, H, W) through the model's classify path."""
+        return self._model.classify(images)
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch on any backend (gloo included); state dict as BatchNorm's.
+
+    In training with more than one process, each rank's per-channel count, mean and sum
+    of squared deviations are all-gathered with gradients and merged exactly (Chan et
+    al.'s parallel variance), so normalisation and its backward pass are those of one
+    BatchNorm over all ranks' inputs. Otherwise it is plain BatchNorm.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"GlobalBatchNorm expects (N, C, ...) input; got {input.dim()}D")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Return the batch-normalised input (N, C, ...), statistics taken over every rank's batch in training."""
+        self._check_input_dim(input)
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(input)
+        factor = 0.0
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        dims = [0, *range(2, input.dim())]
+        count = input.numel() // input.shape[1]
+        local_mean = input.mean(dim=dims)
+        local_m2 = (input - _per_channel(local_mean, input.dim())).square().sum(dim=dims)
+        local = torch.cat([local_mean.new_tensor([float(count)]), local_mean, local_m2])
+        stats = _all_gather_autograd(local[None])  # (world_size, 1 + 2C)
+        counts, means, m2s = stats[:, :1], stats[:, 1:1 + input.shape[1]], stats[:, 1 + input.shape[1]:]
+        total = counts.sum()
+        mean = (counts * means).sum(dim=0) / total
+        variance = (m2s + counts * (means - mean).square()).sum(dim=0) / total  # biased, as BatchNorm normalises
+        output = (input - _per_channel(mean, input.dim())) * _per_channel(torch.rsqrt(variance + self.eps), input.dim())
+        if self.affine:
+            output = output * _per_channel(self.weight, input.dim()) + _per_channel(self.bias, input.dim())
+        if self.track_running_stats:
+            with torch.no_grad():
+                unbiased = variance * (total / (total - 1).clamp_min(1))
+                self.running_mean.mul_(1 - factor).add_(factor * mean.detach())
+                self.running_var.mul_(1 - factor).add_(factor * unbiased.detach())
+        return output
+
+
+def synchronise_batchnorm(model: nn.Module, config: TrainConfig,
+                          context: DistContext) -> tuple[nn.Module, bool]:
+    """Return (model, whether its BatchNorm statistics are global): synchronised when several processes train
+    and ``config.sync_bn`` is True or None (the default); per-rank otherwise."""
+    sync_bn = context.enabled and (config.sync_bn if config.sync_bn is not None else True)
+    if sync_bn:
+        # The centre head normalises the same C classifier rows on every rank, so its batch statistics are
+        # already global; syncing it would only change its running-variance correction.
+        model = convert_sync_batchnorm(model, context.device, exclude=("center_head",))
+    return model, sync_bn
+
+
+def wrap_for_training(model: nn.Module, config: TrainConfig, context: DistContext,
+                      sync_bn: bool = True) -> nn.Module:
+    """Return the module the training steps call: ``model`` itself, or DistributedDataParallel when distributed.
+
+    ce, la and cutmix never touch the projection and centre heads, so DDP wraps only
+    their classify path (``ClassifierPath``) and need not look for unused parameters.
+    With synchronised BatchNorm every rank already holds the same running statistics,
+    so DDP does not broadcast buffers before each forward.
+    """
+    if not context.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    module = model if config.uses_contrastive else ClassifierPath(model)
+    options = dict(device_ids=[context.device.index] if context.device.type == "cuda" else None,
+                   gradient_as_bucket_view=True)
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        options["forward_sync_buffers"] = not sync_bn
+    else:  # torch before forward_sync_buffers
+        options["broadcast_buffers"] = not sync_bn
+    return DistributedDataParallel(module, **options)
+
+
+def _per_channel(values: torch.Tensor, dims: int) -> torch.Tensor:
+    return values.view(1, -1, *([1] * (dims - 2)))
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device, exclude: Sequence[str] = ()) -> nn.Module:
+    """Return ``module`` with its BatchNorm layers synchronised over ranks (torch SyncBatchNorm on GPUs,
+    GlobalBatchNorm elsewhere); submodules whose qualified names start with an ``exclude`` entry are kept.
+
+    Parameters and buffers are moved over, not copied, so an optimizer built before stays valid.
+    """
+    return _convert(module, "", tuple(exclude), torch.device(device).type == "cuda")
+
+
+def _convert(module: nn.Module, name: str, exclude: tuple[str, ...], cuda: bool) -> nn.Module:
+    if name and any(name == prefix or name.startswith(prefix + ".") for prefix in exclude):
+        return module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, (GlobalBatchNorm, nn.SyncBatchNorm)):
+            return module
+        if cuda:
+            return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        converted = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                    module.track_running_stats)
+        if module.affine:
+            converted.weight, converted.bias = module.weight, module.bias
+        if module.track_running_stats:
+            converted.running_mean, converted.running_var = module.running_mean, module.running_var
+            converted.num_batches_tracked = module.num_batches_tracked
+        converted.train(module.training)
+        return converted
+    for child_name, child in list(module.named_children()):
+        setattr(module, child_name, _convert(child, f"{name}.{child_name}" if name else child_name, exclude, cuda))
+    return module
