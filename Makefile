@@ -44,8 +44,10 @@ FAST_MARKERS := not integration and not slow and not gpu and not browser
 test-fast: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n auto -m "$(FAST_MARKERS)"
 
+# ruff, and the layering of the package (pyproject.toml [tool.importlinter]): a lower job importing a higher one fails.
 lint: setup
 	$(PY) -m ruff check ccmix tests benchmarks notebooks
+	$(PY) -c "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())" --no-cache
 
 lab: setup
 	$(PY) -m jupyter lab notebooks
