@@ -17,10 +17,7 @@ from ccmix.config.fields import TrainConfig
 from ccmix.data.augment import pil as pil_aug
 from ccmix.data.augment import policies as fast_aug
 from ccmix.data.augment.colour import (
-    adjust_brightness_,
-    adjust_contrast_,
     adjust_hue,
-    adjust_saturation_,
     adjust_sharpness_,
     apply_color_jitter,
     to_grayscale,
@@ -121,23 +118,19 @@ def test_other_autoaugment_ops_match_the_classic_pipeline(name, magnitude, toler
     assert not torch.equal(fast, images.float())
 
 
-@pytest.mark.parametrize("name", ["brightness", "contrast", "saturation", "hue", "sharpness", "grayscale"])
+@pytest.mark.parametrize("name", ["hue", "sharpness", "grayscale"])
 def test_float_colour_ops_match_torchvision_functional(name):
     images = smooth_images(5, seed=3).float() / 255.0
     factors = torch.tensor([0.6, 0.85, 1.0, 1.2, 1.4], dtype=torch.float64)
     hues = torch.tensor([-0.1, -0.03, 0.0, 0.05, 0.1], dtype=torch.float64)
+    # brightness, contrast and saturation are checked against torchvision through the colour jitter, which
+    # applies them as one per-image blend (test_colour_jitter_applies_each_images_own_order)
     fast_ops = {
-        "brightness": lambda x: adjust_brightness_(x, factors),
-        "contrast": lambda x: adjust_contrast_(x, factors),
-        "saturation": lambda x: adjust_saturation_(x, factors),
         "hue": lambda x: adjust_hue(x, hues),
         "sharpness": lambda x: adjust_sharpness_(x, factors),
         "grayscale": to_grayscale,
     }
     classic_ops = {
-        "brightness": lambda x, i: TF.adjust_brightness(x, float(factors[i])),
-        "contrast": lambda x, i: TF.adjust_contrast(x, float(factors[i])),
-        "saturation": lambda x, i: TF.adjust_saturation(x, float(factors[i])),
         "hue": lambda x, i: TF.adjust_hue(x, float(hues[i])),
         "sharpness": lambda x, i: TF.adjust_sharpness(x, float(factors[i])),
         "grayscale": lambda x, i: TF.rgb_to_grayscale(x, num_output_channels=3),

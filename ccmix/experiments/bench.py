@@ -52,51 +52,6 @@ def _time_pipeline(pipeline, device: torch.device, batches: int, warmup: int) ->
     return {"samples_per_second": samples / seconds, "seconds": seconds, "samples": samples}
 
 
-def measure_data_pipelines(config: TrainConfig, device: torch.device | str, batches: int = 20, warmup: int = 3,
-                           rounds: int = 1) -> dict:
-    """Return the samples/s of the classic and the fast pipeline on ``config``'s training set, same process.
-
-    Each round times the classic pipeline, then the fast one: ``warmup`` untimed batches,
-    then ``batches`` timed ones (crossing epochs when needed). The classic pipeline runs
-    with ``config.num_workers`` DataLoader workers; both read the images decoded once in
-    memory. Keys: "classic" and "fast" ({"samples_per_second": best round, "rounds":
-    samples/s of every round, "samples", "seconds" of the best round}), "speedup" (best
-    fast / best classic), "method", "views", "batch_size", "num_workers", "device",
-    "num_threads" (torch intra-op threads of this process), "train_images".
-    """
-    from ccmix.data.datasets import build_datasets
-    from ccmix.data.pipelines.classic import ClassicTrainPipeline
-    from ccmix.data.pipelines.fast import FastTrainPipeline
-
-    if rounds < 1 or batches < 1 or warmup < 0:
-        raise ValueError(f"rounds={rounds}, batches={batches}, warmup={warmup} are not accepted; "
-                         "rounds and batches must be >= 1 and warmup >= 0")
-    device = torch.device(device)
-    train, _ = build_datasets(config)
-    train.as_uint8_tensor()  # decode once, so both pipelines read the same in-memory images
-    pipelines = {
-        "classic": ClassicTrainPipeline(train, config.replace(pipeline="classic"), device),
-        "fast": FastTrainPipeline(train, config.replace(pipeline="fast"), device),
-    }
-    timings: dict[str, list[dict]] = {name: [] for name in pipelines}
-    for _ in range(rounds):
-        for name, pipeline in pipelines.items():
-            timings[name].append(_time_pipeline(pipeline, device, batches, warmup))
-    results = {}
-    for name, runs in timings.items():
-        best = max(runs, key=lambda run: run["samples_per_second"])
-        results[name] = dict(best, rounds=[run["samples_per_second"] for run in runs])
-    views = ["view0"] + (["contrastive", "contrastive"] if config.uses_contrastive else [])
-    views += ["foreground_view0"] if config.uses_cutmix else []
-    results.update({
-        "speedup": results["fast"]["samples_per_second"] / results["classic"]["samples_per_second"],
-        "method": config.method, "views": views, "batch_size": config.batch_size,
-        "num_workers": config.num_workers, "device": str(device), "num_threads": torch.get_num_threads(),
-        "train_images": len(train),
-    })
-    return results
-
-
 def _random_training_set(num_images: int, num_classes: int = 10, seed: int = 0):
     """Return an ArrayImages of smooth random 32x32 RGB images with balanced labels."""
     from ccmix.data.datasets import ArrayImages
@@ -264,4 +219,4 @@ def run_bench(quick: bool = False, device: str | None = "auto", preset: str = "c
     return {key: round(value, 2) if isinstance(value, float) else value for key, value in result.items()}
 
 
-__all__ = ["measure_data_pipelines", "count_augment_ops", "count_operator_calls", "run_bench"]
+__all__ = ["count_augment_ops", "count_operator_calls", "run_bench"]

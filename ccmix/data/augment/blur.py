@@ -52,18 +52,6 @@ def _box_pass(images: torch.Tensor, taps: torch.Tensor, reach: int) -> torch.Ten
     return out
 
 
-def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Return new images blurred as PIL's ``ImageFilter.GaussianBlur(radius=sigma)`` blurs, per-image sigma.
-
-    images: float (N, 3, H, W), in [0, 1] or any other scale (the filter is linear);
-    sigma: (N,) pixels, ideally a CPU tensor (its kernel sizes are read on the host). Three
-    extended-box passes along the rows then three along the columns, edges repeated,
-    as in Pillow; unlike Pillow, values are not rounded to 8 bits between passes.
-    """
-    taps, reach = box_blur_weights(pil_box_radius(sigma.to("cpu")))
-    return box_blur(images, taps, reach)
-
-
 def box_blur(images: torch.Tensor, taps: torch.Tensor, reach: int) -> torch.Tensor:
     """Return new images after ``BLUR_PASSES`` box passes per axis with per-image ``taps`` (N, 2 * reach + 1)."""
     if images.shape[0] == 0:

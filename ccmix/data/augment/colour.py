@@ -18,21 +18,6 @@ def luma(images: torch.Tensor) -> torch.Tensor:
     return gray.add_(green, alpha=LUMA_WEIGHTS[1]).add_(blue, alpha=LUMA_WEIGHTS[2])
 
 
-def adjust_brightness_(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Return images * factor clamped to 0..255, in place; factor (B,) per image (torchvision adjust_brightness)."""
-    return blend_(images, factor, torch.zeros_like(factor), torch.zeros_like(factor))
-
-
-def adjust_saturation_(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Return factor * image + (1 - factor) * luma per image, clamped, in place (torchvision adjust_saturation)."""
-    return blend_(images, factor, 1.0 - factor, torch.zeros_like(factor))
-
-
-def adjust_contrast_(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Return factor * image + (1 - factor) * mean luma per image, clamped, in place (torchvision adjust_contrast)."""
-    return blend_(images, factor, torch.zeros_like(factor), 1.0 - factor)
-
-
 def adjust_sharpness_(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Return the per-image blend with the 3x3 smoothed image (border pixels kept), clamped, in place (torchvision).
 
