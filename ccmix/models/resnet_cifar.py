@@ -25,7 +25,7 @@ def kaiming_init(module: nn.Module) -> None:
 
 
 class OptionAShortcut(nn.Module):
-    """Parameter-free shortcut: subsample by 2 and zero-pad the channels (option A of He et al.)."""
+    """Parameter-free shortcut: subsample by 2 and zero-pad the channels (the ResNet paper's option A)."""
 
     def __init__(self, out_channels: int, in_channels: int):
         super().__init__()

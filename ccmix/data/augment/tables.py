@@ -64,7 +64,7 @@ SIGNED_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Brightness", "Col
 AUTOAUGMENT_FILL = (128.0, 128.0, 128.0)  # grey, on the 0..255 scale, for pixels a geometric op uncovers
 
 
-# AutoAugment CIFAR-10 policy (Cubuk et al. 2019), the table of the published code (torchvision has the
+# The AutoAugment CIFAR-10 policy, the table of the published code (torchvision has the
 # same one): 25 sub-policies of two (operation, probability, magnitude bin or None).
 CIFAR10_POLICY = (
     (("Invert", 0.1, None), ("Contrast", 0.2, 6)),
