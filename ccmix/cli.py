@@ -1,4 +1,4 @@
-"""Command line: ``python -m ccmix train|eval|presets|bench|sweep``.
+"""Command line: ``python -m ccmix train|eval|presets|bench|sweep|report``.
 
 The command line writes the same run folder as ``ccmix.fit`` and the training
 notebook (Pan et al., "Enhanced Long-Tailed Recognition with Contrastive CutMix
@@ -8,7 +8,8 @@ Every way a command can end is one line on stderr: ``error: <sentence>`` for wha
 user can fix (exit 1 or 2) and ``interrupted: <sentence>`` for SIGINT (Ctrl-C) or
 SIGTERM (exit 128 + the signal number: 130, 143), also while torch is still loading.
 Training turns those signals into a stop at its next step boundary (``ccmix.train.interrupt``);
-outside training they stop the command at once.
+outside training they stop the command at once, except in the middle of an import, which
+they let finish first (see ``_deliver_later``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ class CommandStopped(KeyboardInterrupt):
         self.signal_number = signal_number
 
 
+_PENDING: list[int] = []  # a stop signal held back until the import in progress is done
+_RETRY_SECONDS = 0.02  # how often a held-back signal is delivered again
+
+
 def _stop_now(signal_number: int, frame) -> None:
+    if _importing(frame) and _deliver_later(signal_number):
+        return
     # A terminal or a scheduler signals the whole process group: DataLoader workers die of the same
     # SIGTERM, and torch's SIGCHLD handler would raise about them in the middle of this stop.
     if hasattr(signal, "SIGCHLD"):
@@ -41,6 +48,51 @@ def _stop_now(signal_number: int, frame) -> None:
 
 def _expected_child_exit(signal_number: int, frame) -> None:
     """Once the command is stopping, its children ending is expected: nothing to report."""
+
+
+_IMPORT_MACHINERY = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>",
+                     "importlib/_bootstrap.py", "importlib/_bootstrap_external.py")  # frozen, or not
+
+
+def _importing(frame) -> bool:
+    """True when ``frame`` (where a signal interrupted the main thread) runs inside an import."""
+    while frame is not None:
+        if frame.f_code.co_filename.replace("\\", "/").endswith(_IMPORT_MACHINERY):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _deliver_later(signal_number: int) -> bool:
+    """Hold ``signal_number`` back and send it again in a moment; False where no timer can do it (then: stop now).
+
+    An exception raised in the middle of an import is not safe to raise: torch's C++
+    start-up imports numpy and clears whatever error that import raised (the stop would be
+    lost and the run would train to its end), and a module left half-imported fails later
+    with an unrelated traceback. The signal is sent again every few milliseconds until no
+    import is in progress; whichever handler holds it then takes it (training's records it).
+    """
+    if not hasattr(signal, "setitimer"):
+        return False
+    if not _PENDING:
+        _PENDING.append(signal_number)
+    signal.signal(signal.SIGALRM, _deliver_pending)
+    signal.setitimer(signal.ITIMER_REAL, _RETRY_SECONDS)
+    return True
+
+
+def _deliver_pending(signal_number: int, frame) -> None:
+    """SIGALRM's handler while a stop signal is held back: send it again."""
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    if _PENDING:
+        signal.raise_signal(_PENDING.pop())
+
+
+def _cancel_pending() -> int | None:
+    """Cancel the delivery of a held-back stop signal; return its number, or None when there was none."""
+    if hasattr(signal, "setitimer"):
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    return _PENDING.pop() if _PENDING else None
 
 
 def stop_on_signals() -> None:
@@ -132,9 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         stop_on_signals()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _run(argv)
+        status = _run(argv)
+        held_back = _cancel_pending() if as_program else None
+        if held_back is not None:  # arrived in an import of the command's last moments
+            raise CommandStopped(held_back)
+        return status
     except KeyboardInterrupt as error:
         if as_program:  # a second signal while the process exits ends it quietly
+            _cancel_pending()
             for name in STOP_SIGNALS:
                 signal.signal(getattr(signal, name), signal.SIG_DFL)
         line, status = interrupted_line(error, argv[0] if argv else "")

@@ -96,6 +96,20 @@ def command(*argv: str) -> Callable[[], tuple[int, str]]:
     return run
 
 
+def without_cuda(run: Callable[[], tuple[int, str]]) -> Callable[[], tuple[int, str]]:
+    """Return ``run`` made to see a machine without CUDA, whatever this one has."""
+
+    def run_without_cuda() -> tuple[int, str]:
+        from unittest import mock
+
+        import torch
+
+        with mock.patch.object(torch.cuda, "is_available", lambda: False):
+            return run()
+
+    return run_without_cuda
+
+
 def make_inputs(root: Path) -> None:
     """Write the small image trees and split files the dataset rows read, under ``root``."""
     from PIL import Image
@@ -125,8 +139,9 @@ def make_inputs(root: Path) -> None:
 
 
 def make_run_inputs(root: Path) -> None:
-    """Write ``done/`` (a completed run of the default preset, as its config.json and summary.json show it) and
-    ``crafted.pt`` (a checkpoint whose epoch is negative, with a valid checksum)."""
+    """Write ``done/`` (a completed run of the default preset, as its config.json and summary.json show it),
+    ``crafted.pt`` (a checkpoint whose epoch is negative, with a valid checksum), ``trained/`` (a run folder
+    holding it as last.pt) and ``plain_folder/`` (empty)."""
     import json
 
     import torch
@@ -140,6 +155,9 @@ def make_run_inputs(root: Path) -> None:
     (root / "done" / "summary.json").write_text(json.dumps({"status": "completed", "epochs_completed": 200}))
     ckpt.save_checkpoint(root / "crafted.pt", {"config": config, "epoch": -3, "num_classes": 100,
                                                "model": {"fc.weight": torch.zeros(100, 2)}})
+    (root / "trained").mkdir()  # a run folder holding a checkpoint, and a folder holding none
+    shutil.copy(root / "crafted.pt", root / "trained" / "last.pt")
+    (root / "plain_folder").mkdir()
 
 
 PRESET_NAMES = ("cifar100_imb100, cifar100_imb50, cifar100_imb10, cifar10_imb100, cifar10_imb50, cifar10_imb10, "
@@ -316,6 +334,17 @@ REJECTIONS = [
     Rejection(COMMAND, "eval --checkpoint crafted.pt (its epoch is -3)", command("eval", "--checkpoint", "crafted.pt"),
               "checkpoint 'crafted.pt' is inconsistent: its epoch is -3, and a saved epoch count is an integer >= 1",
               CLI),
+    Rejection(COMMAND, "eval --checkpoint trained (a run folder)", command("eval", "--checkpoint", "trained"),
+              "checkpoint 'trained' is a run folder, not a checkpoint file; give its 'trained/last.pt'", CLI),
+    Rejection(COMMAND, "eval --checkpoint plain_folder (a folder without checkpoints)",
+              command("eval", "--checkpoint", "plain_folder"),
+              "checkpoint 'plain_folder' is a folder, not a checkpoint file; give a .pt file, such as a run folder's "
+              "last.pt or best.pt", CLI),
+    Rejection(COMMAND, "bench --device cuda (on a machine without CUDA)",
+              without_cuda(command("bench", "--device", "cuda", "--quick")),
+              "device='cuda' was asked for but no CUDA device is available; use device=cpu or auto", CLI),
+    Rejection(COMMAND, "train --set mixer=mixup", command("train", "--set", "mixer=mixup", "--out", "run"),
+              "mixer='mixup' is not accepted; mixer must be one of the registered mixers: cutmix", CLI),
     # run folders: what a training may do with a folder that already holds a run (ccmix.train.guard)
     Rejection(RUN_FOLDER, "train --set method=ce --out done (done holds a completed run of the default preset)",
               command("train", "--set", "method=ce", "--out", "done"),

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from run_helpers import REPO_ROOT, error_lines, folder_state, plain_env, read_summary, train_argv
+from run_helpers import REPO_ROOT, error_lines, folder_state, helper_env, plain_env, read_summary, train_argv
 
-from ccmix.cli import main
+from ccmix.cli import CommandStopped, main, stop_on_signals
 
 POSIX_SIGNALS = pytest.mark.skipif(os.name == "nt", reason="needs POSIX signals")
 
@@ -254,6 +254,89 @@ def test_a_signal_while_torch_loads_is_one_line(tmp_path, signal_name, status):
     assert STARTUP_LINE.format(signal_name) in lines, lines
     assert all(line == STARTUP_LINE.format(signal_name) or line.startswith(
         f"interrupted: training was interrupted by {signal_name}") for line in lines), lines
+
+
+@pytest.fixture
+def command_line_handlers():
+    """Install the command line's SIGINT/SIGTERM handlers in this process; put back every handler and the
+    interval timer (pytest-timeout's) afterwards."""
+    numbers = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
+    handlers = {number: signal.getsignal(number) for number in numbers}
+    timer = signal.getitimer(signal.ITIMER_REAL)
+    stop_on_signals()
+    yield
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    for number, handler in handlers.items():
+        signal.signal(number, handler)
+    if timer[0]:
+        signal.setitimer(signal.ITIMER_REAL, *timer)
+
+
+@POSIX_SIGNALS
+def test_a_stop_during_an_import_lets_the_import_finish_then_stops(tmp_path, monkeypatch, command_line_handlers):
+    """An exception raised half-way through an import can be swallowed by the importer (the stop is lost) or
+    leave a half-made module: the stop waits until no import is in progress, then comes at once."""
+    (tmp_path / "signals_itself.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\nREACHED_THE_END = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "signals_itself", raising=False)
+    started = time.monotonic()
+    with pytest.raises(CommandStopped) as stopped:
+        import signals_itself
+
+        assert signals_itself.REACHED_THE_END
+        time.sleep(10)  # the stop lands here, right after the import
+    assert stopped.value.signal_number == signal.SIGTERM
+    assert time.monotonic() - started < 5
+    assert sys.modules["signals_itself"].REACHED_THE_END
+
+
+STOPPED_BEFORE_STEP_1 = ("interrupted: training was interrupted by {} during epoch 1 before step 1; no epoch was "
+                         "completed; run the same command again to start over")
+STOPPED_TOO_LATE = ("interrupted: training was interrupted by {} after its last step; the run in {!r} completed all "
+                    "the same and nothing is lost")
+
+# Where the process signals itself (tests/signal_sitecustomize.py), which call of it, the signal, and the outcomes
+# accepted: each line with the status summary.json then holds (None: the folder was not written). The signals
+# alternate, so each one is seen at every stage of start-up and training.
+SIGNAL_POINTS = {
+    # deep inside torch's import, whose C++ start-up imports numpy and clears any error raised there: the stop
+    # comes once the imports are done, so before training (or, on a slow machine, as training's first request)
+    "numpy import in torch": ("import:numpy.linalg", 1, "SIGINT",
+                              {STARTUP_LINE: None, STOPPED_BEFORE_STEP_1: "interrupted"}),
+    "folder locked": ("after:ccmix.train.lock:RunFolderLock.acquire", 1, "SIGTERM", {STARTUP_LINE: None}),
+    "training handlers in": ("after:ccmix.train.guard:examine", 1, "SIGINT", {STOPPED_BEFORE_STEP_1: "interrupted"}),
+    "dataset building": ("before:ccmix.train.fit:build_datasets", 1, "SIGTERM",
+                         {STOPPED_BEFORE_STEP_1: "interrupted"}),
+    "before the first step": ("before:ccmix.train.fit:train_one_epoch", 1, "SIGINT",
+                              {STOPPED_BEFORE_STEP_1: "interrupted"}),
+    "after the last step": ("after:ccmix.train.run_folder:RunFolder.save_epoch", 2, "SIGTERM",
+                            {STOPPED_TOO_LATE: "completed"}),
+    "writing the results": ("before:ccmix.train.run_folder:RunFolder.write_predictions", 1, "SIGINT",
+                            {STOPPED_TOO_LATE: "completed"}),
+}
+
+
+@pytest.mark.integration
+@POSIX_SIGNALS
+@pytest.mark.parametrize("where", list(SIGNAL_POINTS))
+def test_a_signal_at_any_point_of_train_is_one_line_and_a_true_status(tmp_path, where):
+    """A signal at a named point of start-up or training (sent by the process to itself, so it lands exactly
+    there): one line, 128 + the signal number, and summary.json (when written) tells what happened."""
+    point, nth, signal_name, outcomes = SIGNAL_POINTS[where]
+    out = tmp_path / "run"
+    env = helper_env(tmp_path, "signal_sitecustomize.py", SIGNAL_POINT=point, SIGNAL_NTH=str(nth),
+                     SIGNAL_SELF=signal_name)
+    result = subprocess.run([sys.executable, "-m", "ccmix", *train_argv(out)], env=env, cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 128 + getattr(signal, signal_name), (result.returncode, result.stderr)
+    accepted = {line.format(signal_name, str(out)): status for line, status in outcomes.items()}
+    said = one_line(result.stderr)
+    assert said in accepted, (said, list(accepted))
+    if accepted[said] is None:
+        assert not (out / "summary.json").exists()
+    else:
+        assert read_summary(out)["status"] == accepted[said]
 
 
 # --------------------------------------------------------------------------- devices and paths

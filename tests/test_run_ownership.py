@@ -205,6 +205,36 @@ def test_a_folder_with_results_but_no_checkpoint_is_refused(finished, changes):
         fit(config.replace(method="la"), finished)
 
 
+def left_in_epoch_2(finished: Path, status: str, error: str | None) -> None:
+    """Turn the finished 2-epoch run into one whose trainer ended during epoch 2 with ``status`` in summary.json."""
+    (finished / "previous.pt").replace(finished / "last.pt")  # epoch 1's checkpoint, as a kill in epoch 2 leaves
+    summary = dict(read_summary(finished), status=status, epochs_completed=1, error=error)
+    (finished / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.mark.parametrize("status, error, note", [
+    ("running", None, "stopped without recording why (killed, or its machine, memory or disk failed; its "
+                      "summary.json still said running, with 1 of 2 epochs completed)"),
+    ("running", "OSError: [Errno 28] No space left on device",
+     "with 1 of 2 epochs completed); it had recorded: OSError: [Errno 28] No space left on device"),
+    ("interrupted", "training was interrupted by SIGTERM during epoch 2", None),
+])
+def test_resuming_after_a_trainer_that_died_says_so_first(finished, capsys, status, error, note):
+    """A summary still saying "running" when the next trainer takes the folder was left by a trainer that died:
+    the resume says so in one line before going on; a recorded stop needs no such line."""
+    left_in_epoch_2(finished, status, error)
+    config = resolve("cifar10_imb100", parse_set_arguments(settings()))  # what the command line trains
+    assert fit(config, finished)["status"] == "completed"
+    printed = capsys.readouterr().out.splitlines()
+    said = [line for line in printed if line.startswith("note: the previous training of")]
+    if note is None:
+        assert said == []
+    else:
+        assert len(said) == 1 and said[0].startswith(f"note: the previous training of {str(finished)!r} ")
+        assert said[0].endswith(note), said
+    assert read_summary(finished)["epochs_completed"] == 2
+
+
 # --------------------------------------------------------------------------- data identity
 
 

@@ -148,7 +148,7 @@ def mark_interrupted(runs: Iterable[tuple[Path, object]], sentence: str) -> list
     """Record ``"status": "interrupted"`` with ``sentence`` in each (run folder, TrainConfig) whose summary still
     says "running" (or is missing) and whose folder no process holds; return the names marked."""
     from ccmix.io import read_json
-    from ccmix.train.guard import _record
+    from ccmix.train.guard import record_status
     from ccmix.train.lock import live_holder
     from ccmix.train.run_folder import SUMMARY, RunFolder
 
@@ -163,7 +163,7 @@ def mark_interrupted(runs: Iterable[tuple[Path, object]], sentence: str) -> list
             continue
         if not Path(out_dir).is_dir() or live_holder(out_dir) is not None:
             continue
-        _record(folder, config, "interrupted", sentence)
+        record_status(folder, config, "interrupted", sentence)
         marked.append(Path(out_dir).name)
     return marked
 

@@ -47,7 +47,7 @@ class Verdict:
     """What a training does with its run folder: ``action`` is fresh, resume or completed."""
 
     action: str
-    summary: dict | None = None  # the finished run's summary.json when action is completed
+    summary: dict | None = None  # summary.json as found (completed: the finished run's), None when absent
     extends: bool = False  # True when allow_more_epochs lets a finished schedule run longer
 
 
@@ -137,7 +137,7 @@ def examine(folder: str | os.PathLike, config: TrainConfig, allow_more_epochs: b
             f"{str(folder)!r} holds results ({held}) but no last.pt or previous.pt to resume from; training would "
             f"overwrite them, so nothing was changed: {_new_out(folder)}"
         )
-    return Verdict("resume", extends=extends)
+    return Verdict("resume", summary=summary, extends=extends)
 
 
 def completed_message(folder: str | os.PathLike, summary: dict) -> str:
@@ -166,6 +166,18 @@ class Guard:
         """Return the finished run's summary when the folder already holds this run, else None."""
         return self.verdict.summary if self.verdict.action == "completed" else None
 
+    @property
+    def unrecorded_stop(self) -> str | None:
+        """Return the line saying that the folder's previous trainer stopped without recording it, when its
+        summary.json still said "running" as this trainer took the folder (so no live process wrote it); else None."""
+        summary = self.verdict.summary
+        if self.verdict.action != "resume" or summary is None or summary.get("status") != "running":
+            return None
+        reason = f"; it had recorded: {summary['error']}" if summary.get("error") else ""
+        return (f"note: the previous training of {str(self.folder.path)!r} stopped without recording why (killed, "
+                f"or its machine, memory or disk failed; its summary.json still said running, with "
+                f"{int(summary.get('epochs_completed') or 0)} of {summary.get('epochs')} epochs completed){reason}")
+
     def check_data(self, train, test) -> dict:
         """Return the identity of the data (train, test); refuses data other than config.json's, when it has one."""
         from ccmix.data.identity import data_identity
@@ -186,8 +198,13 @@ def _share(value, context):
     return all_gather_objects(value, context)[0]
 
 
-def _record(folder, config: TrainConfig, status: str, sentence: str) -> None:
-    """Write summary.json with ``status`` and ``sentence``, keeping the last saved epoch's records; never fails."""
+def record_status(folder, config: TrainConfig, status: str, sentence: str) -> None:
+    """Write ``status`` ("interrupted", "failed") and ``sentence`` into summary.json of ``folder`` (a RunFolder).
+
+    Keeps the last saved epoch's records (a summary from ``config`` when the run wrote none); a
+    no-op on ranks that do not write; never fails: a full or read-only disk leaves the summary as
+    it was and the sentence still reaches the user.
+    """
     if not folder.writer:
         return
     try:
@@ -196,7 +213,7 @@ def _record(folder, config: TrainConfig, status: str, sentence: str) -> None:
             summary = dict(method=config.method, dataset=config.dataset, imb=config.imb, seed=config.seed,
                            epochs=config.epochs, epochs_completed=0, final=None, best=None, train_seconds=0.0)
         folder.write_summary(dict(summary, status=status, error=sentence))
-    except Exception:  # a full or read-only disk cannot take the record either; the sentence still reaches the user
+    except Exception:  # a full or read-only disk cannot take the record either
         pass
 
 
@@ -209,8 +226,16 @@ def _interrupted(error: BaseException, requests, folder, config: TrainConfig) ->
     done = int((folder.read_summary() or {}).get("epochs_completed") or 0)
     kept = (f"last.pt keeps epoch {done}; run the same command again to resume" if done else
             "no epoch was completed; run the same command again to start over")
-    _record(folder, config, "interrupted", base)
+    record_status(folder, config, "interrupted", base)
     return TrainingInterrupted(f"{base}; {kept}", number)
+
+
+def _stopped_too_late(number: int, folder) -> TrainingInterrupted:
+    """Return the stop of a run that a signal reached after its last step boundary: it finished all the same."""
+    import signal
+
+    return TrainingInterrupted(f"training was interrupted by {signal.Signals(number).name} after its last step; the "
+                               f"run in {str(folder.path)!r} completed all the same and nothing is lost", number)
 
 
 @contextlib.contextmanager
@@ -222,7 +247,8 @@ def guarded_run(folder, config: TrainConfig, context=None, allow_more_epochs: bo
     On the way out it records an interruption or a failure in summary.json (once the
     refusals are past) and raises the user's sentence: TrainingInterrupted, ValueError for
     data, ccmix.errors.RunFailed for disk and memory faults; unrecognised errors keep their
-    traceback. The lock is released in every case.
+    traceback. A stop requested after the last step boundary, when the run completed all
+    the same, still ends in TrainingInterrupted (saying so). The lock is released in every case.
     """
     lock = RunFolderLock(folder.path)
     refusal = None  # (busy, sentence) of rank 0, shared with every rank
@@ -258,14 +284,18 @@ def guarded_run(folder, config: TrainConfig, context=None, allow_more_epochs: bo
                     raise
                 sentence = str(user_error) if user_error is not None else (
                     f"{type(error).__name__}: {original_message(error)}")
-                _record(folder, config, "failed", sentence)
+                record_status(folder, config, "failed", sentence)
                 if user_error is None or user_error is error:
                     raise
                 raise user_error from None
+        # here, once the handlers are restored: a signal received after the last step boundary is not dropped
+        if requests.signal_number is not None:
+            raise _stopped_too_late(requests.signal_number, folder)
     finally:
         lock.release()
 
 
 __all__ = [
-    "Verdict", "Guard", "examine", "guarded_run", "completed_message", "describe_differences", "RUN_FILES"
+    "Verdict", "Guard", "examine", "guarded_run", "completed_message", "describe_differences", "record_status",
+    "RUN_FILES"
 ]

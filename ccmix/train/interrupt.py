@@ -85,16 +85,16 @@ def stop_signals_to(request):
     cannot be handled there) or where the interpreter does not allow it.
     """
     previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for name in STOP_SIGNALS:
-            number = getattr(signal, name, None)
-            if number is None:
-                continue
-            try:
-                previous[number] = signal.signal(number, lambda signum, frame: request(signum))
-            except (ValueError, OSError):  # an embedded interpreter that does not allow it
-                continue
-    try:
+    try:  # installed inside the try: a signal between two installations still restores the first
+        if threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                number = getattr(signal, name, None)
+                if number is None:
+                    continue
+                try:
+                    previous[number] = signal.signal(number, lambda signum, frame: request(signum))
+                except (ValueError, OSError):  # an embedded interpreter that does not allow it
+                    continue
         yield bool(previous)
     finally:
         for number, handler in previous.items():
