@@ -265,7 +265,7 @@ def test_inat_list_files_given_by_path_use_inat_statistics(list_tree, tmp_path):
     (lists / "train.txt").write_text((list_tree / "ImageNet_LT_train.txt").read_text())
     (lists / "val.txt").write_text((list_tree / "ImageNet_LT_test.txt").read_text())
     config = TrainConfig(dataset="inat2018", data_root=str(list_tree), train_list=str(lists / "train.txt"),
-                         test_list=str(lists / "val.txt"))
+                         test_list=str(lists / "val.txt"), eval_split="val")  # inat2018 has its val list only
     train, test = build_datasets(validate(config))
     assert train.num_classes == 8142 and train.class_counts[:3] == [3, 2, 1]
     tensor, _ = test[0]

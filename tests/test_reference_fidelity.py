@@ -483,6 +483,7 @@ def test_cosine_schedule_is_the_published_one(warmup):
 def test_every_preset_validates_builds_its_model_and_trains_a_step(name, tmp_path):
     from ccmix.data.batch import StepBatch
     from ccmix.method.step import build_optimizer, train_step
+    from ccmix.models.chunked_bn import chunk_batchnorm
 
     config = preset(name)
     if config.dataset in ("imagenet_lt", "inat2018", "places_lt"):
@@ -499,6 +500,7 @@ def test_every_preset_validates_builds_its_model_and_trains_a_step(name, tmp_pat
     torch.manual_seed(0)
     model = build_model(config.arch, num_classes, feat_dim=config.feat_dim, classifier=config.classifier,
                         cosine_scale=config.cosine_scale)
+    model = chunk_batchnorm(model, config.bn_chunks)  # BatchNorm as the published DataParallel runs normalise
     optimizer = build_optimizer(model, config)
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(batch_size) % num_classes

@@ -350,7 +350,7 @@ def test_reproduction_bars_equal_the_table(tmp_path):
             if hasattr(container, "patches")}
     assert bars["published"] == pytest.approx(list(table["published_top1"]))
     assert bars["ours, final epoch"] == pytest.approx(list(table["final_top1_mean"]))
-    assert bars["ours, best epoch (selected on test)"] == pytest.approx(list(table["best_top1_mean"]))
+    assert bars["ours, best epoch (selected on the evaluation set)"] == pytest.approx(list(table["best_top1_mean"]))
     assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == list(table.index)
     # error bars over seeds: the final bar of cifar100_imb100 spans mean ± std
     final_errors = [c for c in ax.containers if c.get_label() == "ours, final epoch"][0].errorbar

@@ -21,10 +21,14 @@ from ccmix.config.rules import ConfigError
 # fp32): it roughly halves the time of these 90-180-epoch ResNet-50/152 runs; set amp=False for fp32.
 CIFAR_PRESET_AMP = False
 IMAGENET_PRESET_AMP = True
+# Every published script runs nn.DataParallel over 4 GPUs (no --gpu, device_ids [0, 1, 2, 3]): BatchNorm normalises
+# each quarter of the forward batch alone, running statistics from the first quarter (bn_chunks, docs/method.md).
+PUBLISHED_BN_CHUNKS = 4
 
 
 def _cifar(dataset: str, imb: int, tau: float, topk: int, omega: float, **extra) -> TrainConfig:
-    return TrainConfig(dataset=dataset, imb=float(imb), tau=tau, topk=topk, omega=omega, amp=CIFAR_PRESET_AMP, **extra)
+    return TrainConfig(dataset=dataset, imb=float(imb), tau=tau, topk=topk, omega=omega, amp=CIFAR_PRESET_AMP,
+                       bn_chunks=PUBLISHED_BN_CHUNKS, **extra)
 
 
 def _imagenet(arch: str, epochs: int, l_d_warm: int) -> TrainConfig:
@@ -32,7 +36,8 @@ def _imagenet(arch: str, epochs: int, l_d_warm: int) -> TrainConfig:
         dataset="imagenet_lt", arch=arch, epochs=epochs, l_d_warm=l_d_warm, schedule="cosine",
         classifier="cosine", tau=0.99, topk=30, omega=200 / 255, lr=0.1, batch_size=256,
         weight_decay=5e-4, feat_dim=1024, temperature=0.07, alpha=1.0, beta=0.35, warmup_epochs=0,
-        milestones=(), imb=1.0, amp=IMAGENET_PRESET_AMP,
+        milestones=(), imb=1.0, amp=IMAGENET_PRESET_AMP, bn_chunks=PUBLISHED_BN_CHUNKS,
+        eval_split="val",  # the published code evaluates on ImageNet_LT_val.txt / Places_LT_val.txt (docs/method.md)
     )
 
 
@@ -51,12 +56,13 @@ PRESETS: dict[str, TrainConfig] = {
     "imagenet_lt_resnext50_180": _imagenet("resnext50", 180, 120),
     "inat2018_resnet50_100": dataclasses.replace(
         _imagenet("resnet50", 100, 80), dataset="inat2018", lr=0.2, weight_decay=1e-4, omega=1628 / 255,
-        grad_accum_steps=2,
+        grad_accum_steps=2, cutmix_per_micro_batch=True,  # published: --batch-size 128 --grad_c, CutMix per 128
     ),
     # Places-LT: the published code reads it and names ResNet-152, but publishes no run script and no number;
     # the ImageNet-LT ResNet-50 script's settings are used at ResNet-152. Set pretrained=PATH to start from
     # ImageNet weights, as the published --reload_torch does.
-    "places_lt_resnet152": dataclasses.replace(_imagenet("resnet152", 100, 70), dataset="places_lt"),
+    # No script, so no DataParallel setting to reproduce: BatchNorm over the whole batch (bn_chunks=1).
+    "places_lt_resnet152": dataclasses.replace(_imagenet("resnet152", 100, 70), dataset="places_lt", bn_chunks=1),
 }
 
 # Published top-1 (%) of each preset, for reports that compare against it.

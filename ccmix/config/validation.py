@@ -14,7 +14,15 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
-from ccmix.config.fields import LIST_DATASETS, TrainConfig, check_field_names, field_names, field_rule, list_files
+from ccmix.config.fields import (
+    LIST_DATASETS,
+    TrainConfig,
+    check_field_names,
+    eval_splits_of,
+    field_names,
+    field_rule,
+    list_files,
+)
 from ccmix.config.presets import preset
 from ccmix.config.rules import ConfigError, Rule
 
@@ -74,13 +82,19 @@ def validate(config: TrainConfig) -> TrainConfig:
     if config.batch_size % config.grad_accum_steps:
         raise ConfigError(field="grad_accum_steps", value=config.grad_accum_steps,
                           accepted=f"a divisor of batch_size={config.batch_size}")
+    _validate_bn_chunks(config)
     if config.few_threshold > config.many_threshold:
         raise ConfigError(field="few_threshold", value=config.few_threshold,
                           accepted=f"an integer <= many_threshold={config.many_threshold}")
     if config.contrastive_views != "sim-sim" and config.resolved_view_recipe != "imagenet":
         raise ConfigError(field="contrastive_views", value=config.contrastive_views,
-                          detail=f"sim-rand and randstack are published for the imagenet recipe only, and the recipe "
-                                 f"is {config.resolved_view_recipe!r}; use sim-sim")
+                          detail=f"sim-rand and randstack add the 224-pixel RandAugment and are defined for the imagenet "
+                                 f"recipe only, and the recipe is {config.resolved_view_recipe!r}; use sim-sim")
+    splits = eval_splits_of(config.dataset)
+    if config.eval_split not in splits:
+        raise ConfigError(field="eval_split", value=config.eval_split,
+                          accepted=f"{' or '.join(splits)} for dataset {config.dataset!r}, the "
+                                   f"{'only split' if len(splits) == 1 else 'splits'} it has")
     _validate_paths(config)
     num_classes = config.num_classes
     if config.topk > num_classes:
@@ -88,6 +102,23 @@ def validate(config: TrainConfig) -> TrainConfig:
                           accepted=f"an integer in 1..{num_classes} (the number of classes)")
     _validate_footprint(config, num_classes)
     return config
+
+
+def _validate_bn_chunks(config: TrainConfig) -> None:
+    if config.bn_chunks == 1:
+        return
+    if config.sync_bn:
+        raise ConfigError(field="bn_chunks", value=config.bn_chunks,
+                          detail="with sync_bn=True BatchNorm normalises every process's batch at once, so it cannot "
+                                 "also split it into chunks: set sync_bn=False (or leave it unset) or bn_chunks=1")
+    # One forward per micro-batch: three views each for the contrastive methods, view 0 alone otherwise.
+    images = (3 if config.uses_contrastive else 1) * config.batch_size // config.grad_accum_steps
+    step = -(-images // config.bn_chunks)  # torch.chunk's chunk size; the last chunk holds what is left
+    smallest = images - (-(-images // step) - 1) * step
+    if smallest < 2:
+        raise ConfigError(field="bn_chunks", value=config.bn_chunks,
+                          detail=f"each forward of {images} images would leave a BatchNorm chunk of {smallest} image, "
+                                 f"and BatchNorm needs at least 2; use a smaller bn_chunks or a larger batch_size")
 
 
 def _validate_paths(config: TrainConfig) -> None:

@@ -27,9 +27,10 @@ scripts):
 * contrastive views: RandomResizedCrop(224, scale 0.08–1), flip, ColorJitter(0.4, 0.4,
   0.4, 0.1) with p=0.8, grayscale with p=0.2, normalise (no blur, as published).
 
-Contrastive-view variants of the published code (``CONTRASTIVE_VARIANTS``, ImageNet
-recipe): ``sim-sim`` (both views as above), ``sim-rand`` (the first view also gets the
-RandAugment: the "randstack" view) and ``randstack`` (both views do).
+Contrastive-view variants (``CONTRASTIVE_VARIANTS``, ImageNet recipe): ``sim-sim`` (both
+views as above) and ``sim-rand`` (the first view also gets view 0's RandAugment, with the
+same n and m: the published "randstack" view) are published choices; ``randstack`` (both
+views do) is ccmix's own, since the published command line does not accept that pair.
 """
 
 from __future__ import annotations
@@ -179,16 +180,18 @@ def classification_view(recipe: str, dataset: str, randaugment_ops: int = RANDAU
     return v2.Compose(steps + _to_normalised_tensor(dataset, resolved))
 
 
-def contrastive_view(recipe: str, dataset: str, randstack: bool = False) -> v2.Compose:
+def contrastive_view(recipe: str, dataset: str, randstack: bool = False, randaugment_ops: int = RANDAUGMENT_NUM_OPS,
+                     randaugment_magnitude: int = RANDAUGMENT_MAGNITUDE) -> v2.Compose:
     """Return the contrastive-view transform (PIL RGB -> float32 normalised (3, H, W)) of ``recipe``.
 
     cifar: RandomResizedCrop(32, scale 0.2–1), flip, ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8,
     grayscale p=0.2, PIL GaussianBlur(sigma 0.1–2) p=0.5. imagenet: the same without blur, at
-    224 pixels with scale 0.08–1; ``randstack`` appends the published RandAugment (imagenet only).
+    224 pixels with scale 0.08–1; ``randstack`` appends the published RandAugment
+    rand-n{randaugment_ops}-m{randaugment_magnitude}-mstd0.5 (imagenet only), as view 0 has it.
     """
     resolved = resolve_recipe(recipe, dataset)
     if randstack and resolved != "imagenet":
-        raise ValueError(f"the randstack contrastive view is published for the imagenet recipe only, "
+        raise ValueError(f"the randstack contrastive view is defined for the imagenet recipe only, "
                          f"and the recipe is {resolved!r}; use contrastive_views='sim-sim'")
     params = CONTRASTIVE_PARAMS[resolved]
     steps = [
@@ -200,17 +203,21 @@ def contrastive_view(recipe: str, dataset: str, randstack: bool = False) -> v2.C
     if params.blur_prob > 0:
         steps.append(v2.RandomApply([PILGaussianBlur(params.blur_sigma)], p=params.blur_prob))
     if randstack:
-        steps.append(randaugment())
+        steps.append(randaugment(randaugment_ops, randaugment_magnitude))
     return v2.Compose(steps + _to_normalised_tensor(dataset, resolved))
 
 
-def contrastive_view_pair(recipe: str, dataset: str, variant: str = "sim-sim") -> tuple[v2.Compose, v2.Compose]:
-    """Return the transforms of contrastive views 1 and 2 for ``variant`` (one of ``CONTRASTIVE_VARIANTS``)."""
+def contrastive_view_pair(recipe: str, dataset: str, variant: str = "sim-sim",
+                          randaugment_ops: int = RANDAUGMENT_NUM_OPS,
+                          randaugment_magnitude: int = RANDAUGMENT_MAGNITUDE) -> tuple[v2.Compose, v2.Compose]:
+    """Return the transforms of contrastive views 1 and 2 for ``variant`` (one of ``CONTRASTIVE_VARIANTS``);
+    their RandAugment, where the variant has one, takes ``randaugment_ops`` ops at level ``randaugment_magnitude``."""
     if variant not in CONTRASTIVE_VARIANTS:
         raise ValueError(f"contrastive view variant {variant!r} is not accepted; "
                          f"choose one of: {', '.join(CONTRASTIVE_VARIANTS)}")
-    first = contrastive_view(recipe, dataset, randstack=variant in ("sim-rand", "randstack"))
-    second = contrastive_view(recipe, dataset, randstack=variant == "randstack")
+    strength = {"randaugment_ops": randaugment_ops, "randaugment_magnitude": randaugment_magnitude}
+    first = contrastive_view(recipe, dataset, randstack=variant in ("sim-rand", "randstack"), **strength)
+    second = contrastive_view(recipe, dataset, randstack=variant == "randstack", **strength)
     return first, second
 
 

@@ -24,7 +24,7 @@ METRIC_COLUMNS = ("final_top1", "best_top1", "final_many", "final_medium", "fina
 SHOT_KEYS = ("top1", "many", "medium", "few")
 PUBLISHED_COLUMNS = tuple(f"published_{key}" for key in SHOT_KEYS)
 GAP_COLUMNS = ("gap_final_top1", "gap_best_top1")  # ours minus published, percentage points
-_RESULT_COLUMNS = ("run", "path", "status", "epochs_completed", "final_epoch", "final_top1", "final_many",
+_RESULT_COLUMNS = ("run", "path", "status", "eval_split", "epochs_completed", "final_epoch", "final_top1", "final_many",
                    "final_medium", "final_few", "best_epoch", "best_top1", "best_many", "best_medium", "best_few",
                    *PUBLISHED_COLUMNS, *GAP_COLUMNS, "train_seconds", "error")
 
@@ -56,6 +56,12 @@ def _flatten(value):
     return value
 
 
+def _legacy_split(config: dict) -> str | None:
+    if not config:
+        return None
+    return "val" if config.get("dataset") == "inat2018" else "test"
+
+
 def run_row(run_dir: str | os.PathLike) -> dict:
     """Return one table row of a run folder: its summary's status (``stopped`` for a "running" run whose training
     process is gone: ``ccmix.train.run_folder.observed_summary``), final and best accuracies, the published numbers of
@@ -67,6 +73,8 @@ def run_row(run_dir: str | os.PathLike) -> dict:
     final, best = summary.get("final") or {}, summary.get("best") or {}
     row = {
         "run": path.name, "path": str(path), "status": summary.get("status", "missing"),
+        # the split the accuracies are on; a folder written before eval_split existed was evaluated on "test"
+        "eval_split": summary.get("eval_split") or config.get("eval_split") or _legacy_split(config),
         "epochs_completed": summary.get("epochs_completed"), "final_epoch": final.get("epoch"),
         "best_epoch": best.get("epoch"), "train_seconds": summary.get("train_seconds"), "error": summary.get("error"),
     }
@@ -99,7 +107,7 @@ def collect_results(run_dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:
     return table[first + [c for c in table.columns if c not in first]]
 
 
-PER_RUN_COLUMNS = ("run", "method", "dataset", "imb", "seed", "epochs", "status", "final_top1", "final_many",
+PER_RUN_COLUMNS = ("run", "method", "dataset", "eval_split", "imb", "seed", "epochs", "status", "final_top1", "final_many",
                    "final_medium", "final_few", "best_top1", "best_epoch", "published_top1", "gap_final_top1")
 
 

@@ -190,8 +190,8 @@ def shot_bars(runs, labels: Sequence[str] | None = None, which: str = "final") -
             ax.text(position, 1.0, "empty", ha="center", va="bottom", color="0.4", fontsize="small")
     ax.set_xlim(-0.5, len(order) - 0.5)
     ax.set_xticks(range(len(order)), [f"{g}\n(top-1)" if g == "all" else g for g in order])
-    ax.set(xlabel="", ylabel=f"{which} test accuracy (%)", ylim=(0, 100),
-           title=f"{which}-epoch accuracy by shot group" + (" (best: selected on test)" if which == "best" else ""))
+    ax.set(xlabel="", ylabel=f"{which} accuracy on the evaluation set (%)", ylim=(0, 100),
+           title=f"{which}-epoch accuracy by shot group" + (" (best: selected on the evaluation set)" if which == "best" else ""))
     if ax.get_legend() is not None:
         ax.legend(title=None, fontsize="small")
     return fig
@@ -205,7 +205,7 @@ def reproduction(results: pd.DataFrame) -> Figure:
 
     table = results if "final_top1_mean" in results else reproduction_table(results)
     series = (("published", "published_top1", None, "0.55"), ("ours, final epoch", "final_top1_mean",
-              "final_top1_std", "C0"), ("ours, best epoch (selected on test)", "best_top1_mean", "best_top1_std", "C2"))
+              "final_top1_std", "C0"), ("ours, best epoch (selected on the evaluation set)", "best_top1_mean", "best_top1_std", "C2"))
     fig = Figure(figsize=(max(6.0, 1.0 + 2.2 * len(table)), 4.2), layout="constrained")
     ax = fig.subplots()
     if table.empty:

@@ -25,6 +25,7 @@ from torch import nn
 
 from ccmix.config.fields import TrainConfig
 from ccmix.method.collectives import DistContext, _all_gather_autograd
+from ccmix.models.chunked_bn import replace_batchnorm, take_over_batchnorm
 
 
 def launched_by_torchrun() -> bool:
@@ -61,12 +62,16 @@ def init_distributed(device_name: str) -> DistContext:
                        owns_group=owns_group)
 
 
-def check_world_size(batch_size: int, grad_accum_steps: int, world_size: int) -> None:
-    """Raise ValueError unless the global batch splits evenly over the processes and accumulation steps.
+def check_world_size(batch_size: int, grad_accum_steps: int, world_size: int, bn_chunks: int = 1) -> None:
+    """Raise ValueError unless the global batch splits evenly over the processes and accumulation steps,
+    and the ``bn_chunks`` BatchNorm chunks of each forward split evenly over the processes.
 
     Equal shares make the DDP average of per-rank mean losses the global mean, and make
     accumulation micro-batch k of every rank a slice of the same global micro-batch.
     """
+    if bn_chunks > 1 and bn_chunks % world_size:
+        raise ValueError(f"bn_chunks={bn_chunks} is not accepted with {world_size} processes; each process normalises "
+                         f"bn_chunks / processes chunks of its share, so bn_chunks must be a multiple of {world_size}")
     if batch_size % (world_size * grad_accum_steps):
         what = f"{world_size} processes" + (f" x {grad_accum_steps} accumulation steps" if grad_accum_steps > 1 else "")
         raise ValueError(
@@ -193,8 +198,9 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 def synchronise_batchnorm(model: nn.Module, config: TrainConfig,
                           context: DistContext) -> tuple[nn.Module, bool]:
     """Return (model, whether its BatchNorm statistics are global): synchronised when several processes train
-    and ``config.sync_bn`` is True or None (the default); per-rank otherwise."""
-    sync_bn = context.enabled and (config.sync_bn if config.sync_bn is not None else True)
+    and ``config.sync_bn`` is True, or None (the default) with ``config.bn_chunks`` 1; per-rank otherwise
+    (each rank's BatchNorm then normalises its own share, in ``bn_chunks / world_size`` chunks)."""
+    sync_bn = context.enabled and (config.sync_bn if config.sync_bn is not None else config.bn_chunks == 1)
     if sync_bn:
         # The centre head normalises the same C classifier rows on every rank, so its batch statistics are
         # already global; syncing it would only change its running-variance correction.
@@ -235,26 +241,14 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device, exclude: Seq
 
     Parameters and buffers are moved over, not copied, so an optimizer built before stays valid.
     """
-    return _convert(module, "", tuple(exclude), torch.device(device).type == "cuda")
+    cuda = torch.device(device).type == "cuda"
 
-
-def _convert(module: nn.Module, name: str, exclude: tuple[str, ...], cuda: bool) -> nn.Module:
-    if name and any(name == prefix or name.startswith(prefix + ".") for prefix in exclude):
-        return module
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        if isinstance(module, (GlobalBatchNorm, nn.SyncBatchNorm)):
-            return module
+    def synchronised(layer: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+        if isinstance(layer, (GlobalBatchNorm, nn.SyncBatchNorm)):
+            return layer
         if cuda:
-            return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        converted = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                    module.track_running_stats)
-        if module.affine:
-            converted.weight, converted.bias = module.weight, module.bias
-        if module.track_running_stats:
-            converted.running_mean, converted.running_var = module.running_mean, module.running_var
-            converted.num_batches_tracked = module.num_batches_tracked
-        converted.train(module.training)
-        return converted
-    for child_name, child in list(module.named_children()):
-        setattr(module, child_name, _convert(child, f"{name}.{child_name}" if name else child_name, exclude, cuda))
-    return module
+            return nn.SyncBatchNorm.convert_sync_batchnorm(layer)
+        return take_over_batchnorm(layer, GlobalBatchNorm(layer.num_features, layer.eps, layer.momentum,
+                                                          layer.affine, layer.track_running_stats))
+
+    return replace_batchnorm(module, synchronised, exclude)

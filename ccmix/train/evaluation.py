@@ -1,8 +1,8 @@
-"""Evaluation: test-set predictions, many/medium/few accuracy, checkpoints restored as models.
+"""Evaluation: predictions on the evaluation split, many/medium/few accuracy, checkpoints restored as models.
 
 Every method of Pan et al., "Enhanced Long-Tailed Recognition with Contrastive CutMix
-Augmentation" (IEEE TIP 2024) is evaluated alike: top-1 accuracy on the balanced test
-set and its many/medium/few-shot groups (train counts > 100, 20..100, < 20 for the
+Augmentation" (IEEE TIP 2024) is evaluated alike: top-1 accuracy on the balanced evaluation
+set (``eval_split``: a list dataset's val or test list, else the test set) and its many/medium/few-shot groups (train counts > 100, 20..100, < 20 for the
 CIFAR-LT convention). Under several processes each rank predicts a strided shard of the
 test set and the shards are merged back into test-set order.
 """
@@ -106,17 +106,22 @@ def model_description(config: TrainConfig, num_classes: int) -> str:
     return ckpt.describe_model(config.to_dict(), num_classes)
 
 
-def build_run_model(config: TrainConfig, num_classes: int, with_pretrained: bool = False) -> torch.nn.Module:
+def build_run_model(config: TrainConfig, num_classes: int, with_pretrained: bool = False,
+                    processes: int = 1) -> torch.nn.Module:
     """Return the model of ``config`` for ``num_classes`` classes, freshly initialised from ``config.seed``.
 
     ``with_pretrained``: start the encoder from ``config.pretrained`` (a training run's start;
-    a model about to receive a checkpoint's weights does not need the file).
+    a model about to receive a checkpoint's weights does not need the file). With
+    ``config.bn_chunks`` k > 1 the BatchNorm layers that see the batch normalise k / ``processes``
+    chunks of each process's forward (``ccmix.models.chunked_bn``); the state dict is the same.
     """
     from ccmix.models.bcl import build_model
+    from ccmix.models.chunked_bn import chunk_batchnorm
 
     torch.manual_seed(config.seed)
-    return build_model(config.arch, num_classes, feat_dim=config.feat_dim, classifier=config.classifier,
-                       cosine_scale=config.cosine_scale, pretrained=config.pretrained if with_pretrained else None)
+    model = build_model(config.arch, num_classes, feat_dim=config.feat_dim, classifier=config.classifier,
+                        cosine_scale=config.cosine_scale, pretrained=config.pretrained if with_pretrained else None)
+    return chunk_batchnorm(model, max(1, config.bn_chunks // processes))
 
 
 def load_model(checkpoint_path: str | os.PathLike, device: str | torch.device = "cpu"):
@@ -143,19 +148,24 @@ def embed_test_set(run_dir: str | os.PathLike, checkpoint: str = "last.pt", max_
 
 
 def evaluate_checkpoint(checkpoint_path: str | os.PathLike, overrides: dict | None = None,
-                        write: bool = True) -> dict:
-    """Return the test metrics of a checkpoint (JSON-ready); ``write``: also save them beside it as <name>.eval.json.
+                        write: bool = True, split: str | None = None) -> dict:
+    """Return the metrics of a checkpoint (JSON-ready); ``write``: also save them beside it (``eval_result_path``).
 
-    Keys: top1, many, medium, few (percent), per_class (percent per class, None for a class
-    without test images), checkpoint, epoch, test_images. A result that cannot be saved (a
-    read-only or full disk) is still returned, with an EvalNotSavedWarning saying why.
+    ``split``: ``val`` or ``test``, the split to evaluate on (None: the run's own ``eval_split``);
+    another split than the run's is saved in its own file (last.eval.test.json), so the run's
+    record is never touched. Keys: top1, many, medium, few (percent), per_class (percent per class,
+    None for a class without evaluation images), checkpoint, epoch, test_images (the images
+    evaluated), split and run_split (the run's own). A result that cannot be saved (a read-only or
+    full disk) is still returned, with an EvalNotSavedWarning saying why.
     """
     from ccmix.data.datasets import build_datasets
 
     payload = ckpt.load_checkpoint(checkpoint_path)
     config = TrainConfig.from_dict(payload["config"])
+    run_split = config.eval_split  # the training record's split, whatever the overrides
     if overrides:
         config = apply_overrides(config, overrides)
+    config = _with_split(config, split, overrides or {})
     validate(config)
     device = single_device(config)
     num_classes = int(payload["num_classes"])
@@ -171,7 +181,8 @@ def evaluate_checkpoint(checkpoint_path: str | os.PathLike, overrides: dict | No
     _check_same_data(checkpoint_path, payload, train, test)
     metrics = evaluate(model, build_test_loader(test, config, device), device, train.class_counts, config)
     result = {key: metrics[key] for key in ("top1", "many", "medium", "few", "per_class")}
-    result.update(checkpoint=str(checkpoint_path), epoch=int(payload["epoch"]), test_images=int(len(test)))
+    result.update(checkpoint=str(checkpoint_path), epoch=int(payload["epoch"]), test_images=int(len(test)),
+                  split=config.eval_split, run_split=run_split)
     if write:
         problem = save_eval_result(result, checkpoint_path)
         if problem is not None:
@@ -183,19 +194,34 @@ class EvalNotSavedWarning(UserWarning):
     """The metrics of an evaluated checkpoint could not be saved as <name>.eval.json; they were still returned."""
 
 
-def eval_result_path(checkpoint_path: str | os.PathLike) -> Path:
-    """Return where the metrics of ``checkpoint_path`` are saved: beside it, last.pt -> last.eval.json."""
-    return Path(checkpoint_path).with_suffix(".eval.json")
+def _with_split(config: TrainConfig, split: str | None, overrides: dict) -> TrainConfig:
+    """Return ``config`` evaluating on ``split`` (None: its own); refuse a split that an explicit test_list would
+    silently override."""
+    if split is None or split == config.eval_split:
+        return config
+    if config.test_list is not None and "test_list" not in overrides:
+        raise ConfigError(field="split", value=split,
+                          detail=f"the run evaluates the file test_list={config.test_list!r}, which would be used "
+                                 f"again; give --set test_list=PATH, the {split} list to evaluate")
+    return config.replace(eval_split=split)
+
+
+def eval_result_path(checkpoint_path: str | os.PathLike, split: str | None = None) -> Path:
+    """Return where the metrics of ``checkpoint_path`` are saved: beside it, last.pt -> last.eval.json for the
+    run's own split (``split`` None), last.eval.<split>.json for another split."""
+    return Path(checkpoint_path).with_suffix(".eval.json" if split is None else f".eval.{split}.json")
 
 
 def save_eval_result(result: dict, checkpoint_path: str | os.PathLike) -> str | None:
-    """Save ``result`` atomically as the checkpoint's <name>.eval.json; return None, or the sentence saying why not.
+    """Save ``result`` atomically beside the checkpoint (<name>.eval.json, or <name>.eval.<split>.json when its
+    ``split`` is not the run's ``run_split``); return None, or the sentence saying why not.
 
     Any OSError (read-only filesystem, full disk, no permission) is the sentence: it names
     the file and the system's reason, and warns when an older file of that name, which
     may describe another checkpoint, is left as it was.
     """
-    target = eval_result_path(checkpoint_path)
+    other_split = result.get("split") if result.get("split") != result.get("run_split") else None
+    target = eval_result_path(checkpoint_path, other_split)
     try:
         write_json(target, result)
     except OSError as error:

@@ -54,8 +54,11 @@ def describe_device(device_type: str, *, gpu_name: str | None = None, cpu_cores:
     return text
 
 
-def precision_text(device_type: str, *, amp: bool, channels_last: bool) -> str:
-    """Return the numeric precision training uses: bf16 autocast on CUDA when ``amp``, fp32 otherwise."""
+def precision_text(device_type: str, *, amp: bool, channels_last: bool, cpu_bf16: bool = False) -> str:
+    """Return the numeric precision training uses: bf16 autocast on CUDA when ``amp``, on the CPU when
+    ``cpu_bf16``, fp32 otherwise."""
+    if device_type != "cuda" and cpu_bf16:
+        return "bf16 autocast on the CPU (weights, losses and optimiser in fp32; evaluation in fp32)"
     if device_type != "cuda":
         return "fp32 (bf16 autocast and channels_last apply on CUDA only)" if amp else "fp32"
     text = "bf16 autocast (weights, losses and optimiser in fp32)" if amp else "fp32"
@@ -90,11 +93,12 @@ def preset_text(preset: str | None, published_top1: float | None, *, changed: bo
 
 def run_header(*, device: str, preset: str, method: str, arch: str, dataset: str, imb: float | None, epochs: int,
                start_epoch: int, train_images: int, test_images: int, steps_per_epoch: int, batch_size: int,
-               precision: str, world_size: int = 1, out_dir: str | None = None) -> str:
+               precision: str, world_size: int = 1, out_dir: str | None = None, eval_split: str = "test") -> str:
     """Return the run header: device, preset and published top-1, images, steps per epoch, precision.
 
     ``device`` comes from :func:`describe_device`, ``preset`` from :func:`preset_text`;
-    ``imb`` None for datasets whose split is long-tailed already.
+    ``imb`` None for datasets whose split is long-tailed already; ``test_images`` are the images
+    of ``eval_split`` (``val`` or ``test``), which the header names.
     """
     data = dataset if imb is None else f"{dataset} imb {imb:g}"
     plan = f"{epochs} epochs" if start_epoch == 0 else f"epochs {start_epoch + 1}-{epochs} of {epochs} (resumed)"
@@ -103,7 +107,8 @@ def run_header(*, device: str, preset: str, method: str, arch: str, dataset: str
         f"device     {device}{processes}",
         f"preset     {preset}",
         f"training   {method}, {arch}, {plan}",
-        f"data       {data}: {train_images} training images, {test_images} test images",
+        f"data       {data}: {train_images} training images, {test_images} {_split_word(eval_split)} images"
+        + ("" if eval_split == "test" else f" (eval_split {eval_split})"),
         f"steps      {steps_per_epoch} per epoch of batch {batch_size}",
         f"precision  {precision}",
     ]
@@ -113,15 +118,20 @@ def run_header(*, device: str, preset: str, method: str, arch: str, dataset: str
     return "\n".join(lines)
 
 
+def _split_word(eval_split: str) -> str:
+    return {"val": "validation"}.get(eval_split, eval_split)
+
+
 def _percent(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def epoch_line(record: dict, *, epochs: int, seconds_left: float | None) -> str:
-    """Return one epoch's line: epoch/total, lr, losses, train and test top-1 (%), many/medium/few, time.
+def epoch_line(record: dict, *, epochs: int, seconds_left: float | None, eval_split: str = "test") -> str:
+    """Return one epoch's line: epoch/total, lr, losses, train and evaluation top-1 (%), many/medium/few, time.
 
     ``record`` is the epoch's metrics.jsonl record (epoch 1-based; top1, many, medium
-    and few None when the epoch was not evaluated or a group is empty).
+    and few None when the epoch was not evaluated or a group is empty); ``eval_split`` names the
+    evaluation top-1 ("test top-1", "val top-1").
     """
     width = len(str(epochs))
     parts = [f"epoch {record['epoch']:>{width}}/{epochs}", f"lr {record['lr']:.4g}"]
@@ -130,10 +140,10 @@ def epoch_line(record: dict, *, epochs: int, seconds_left: float | None) -> str:
         loss += f" (ce {record['loss_ce']:.4f}, bcl {record['loss_bcl']:.4f})"
     parts += [loss, f"train top-1 {_percent(record.get('train_top1'))}"]
     if record.get("top1") is None:
-        parts.append("test top-1 - (not evaluated this epoch)")
+        parts.append(f"{eval_split} top-1 - (not evaluated this epoch)")
     else:
         groups = " / ".join(_percent(record.get(group), 1) for group in ("many", "medium", "few"))
-        parts.append(f"test top-1 {record['top1']:.2f} (many/medium/few {groups})")
+        parts.append(f"{eval_split} top-1 {record['top1']:.2f} (many/medium/few {groups})")
     parts.append(f"{record['seconds']:.1f} s")
     if seconds_left is not None:
         parts.append(f"left ~{format_duration(seconds_left)}" if seconds_left > 0 else "done")
@@ -199,8 +209,9 @@ class RunReporter:
 
     def __init__(self, *, write: Callable[[str], None], device_type: str, device: str, epochs: int,
                  start_epoch: int, steps_per_epoch: int, synchronize: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, eval_split: str = "test"):
         self.write = write
+        self.eval_split = eval_split
         self.device_type, self.device = device_type, device
         self.epochs, self.start_epoch, self.steps_per_epoch = epochs, start_epoch, steps_per_epoch
         self.synchronize = synchronize
@@ -235,7 +246,7 @@ class RunReporter:
             if record["epoch"] < self.epochs:
                 self._estimate(seconds_per_step=None, seconds_per_epoch=self.epoch_seconds[-1], epochs_done=1)
         left = (self.epochs - record["epoch"]) * mean_recent(self.epoch_seconds)
-        self.write(epoch_line(record, epochs=self.epochs, seconds_left=left))
+        self.write(epoch_line(record, epochs=self.epochs, seconds_left=left, eval_split=self.eval_split))
 
     def _estimate(self, *, seconds_per_step: float | None, seconds_per_epoch: float | None,
                   epochs_done: int = 0) -> None:
@@ -268,11 +279,12 @@ def start_run_report(*, config, device, preset: str | None, train_images: int, t
         arch=config.arch, dataset=config.dataset, imb=config.imb if config.dataset in PROFILED_DATASETS else None,
         epochs=config.epochs, start_epoch=start_epoch, train_images=train_images, test_images=test_images,
         steps_per_epoch=steps_per_epoch, batch_size=config.batch_size,
-        precision=precision_text(device.type, amp=config.amp, channels_last=config.channels_last),
-        world_size=world_size, out_dir=out_dir,
+        precision=precision_text(device.type, amp=config.amp, channels_last=config.channels_last,
+                                 cpu_bf16=config.cpu_bf16),
+        world_size=world_size, out_dir=out_dir, eval_split=config.eval_split,
     ))
     return RunReporter(write=write, device_type=device.type, device=words, epochs=config.epochs,
-                       start_epoch=start_epoch, steps_per_epoch=steps_per_epoch,
+                       start_epoch=start_epoch, steps_per_epoch=steps_per_epoch, eval_split=config.eval_split,
                        synchronize=(lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None)
 
 

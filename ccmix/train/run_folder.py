@@ -43,7 +43,15 @@ METRICS = "metrics.jsonl"
 PER_CLASS = "per_class.csv"
 SUMMARY = "summary.json"
 PREDICTIONS = "predictions.npz"
-BEST_NOTE = "selected on the test set, optimistic"
+SPLIT_WORDS = {"test": "test", "val": "validation"}  # eval_split -> how reports name the set
+
+
+def best_note(eval_split: str = "test") -> str:
+    """Return the note of a summary's best record: the best epoch is chosen on the evaluation split itself."""
+    return f"selected on the {SPLIT_WORDS.get(eval_split, eval_split)} set, optimistic"
+
+
+BEST_NOTE = best_note("test")
 SHOT_KEYS = ("top1", "many", "medium", "few")
 STOPPED = "stopped"  # how readers show a "running" summary that no live process holds
 STOPPED_REASON = ("no process holds the run folder, yet its summary says running: the training stopped without "
@@ -146,7 +154,8 @@ class RunFolder:
     def start_summary(self, config: TrainConfig, preset: str | None, **facts) -> None:
         """Set what every summary of this run repeats: the setting, its preset and published top-1, ``facts``."""
         self.summary_facts = dict(
-            method=config.method, dataset=config.dataset, imb=config.imb, seed=config.seed, preset=preset,
+            method=config.method, dataset=config.dataset, eval_split=config.eval_split, imb=config.imb,
+            seed=config.seed, preset=preset,
             published_top1=published_top1_for(config, preset), epochs=config.epochs, **facts,
         )
 
@@ -159,7 +168,8 @@ class RunFolder:
         """
         final = shot_record(final_metrics, epochs_completed if final_metrics is not None else None)
         return dict(self.summary_facts, status=status, error=error, epochs_completed=epochs_completed, final=final,
-                    best=dict(best or final, note=BEST_NOTE), train_seconds=train_seconds)
+                    best=dict(best or final, note=best_note(self.summary_facts.get("eval_split", "test"))),
+                    train_seconds=train_seconds)
 
     def write_summary(self, summary: dict) -> None:
         """Write summary.json."""
@@ -275,5 +285,5 @@ def _read_json_or_none(path: Path) -> dict | None:
         return None
 
 
-__all__ = ["BEST_NOTE", "STOPPED", "Resumed", "RunFolder", "check_resume_compatible", "load_run_config",
+__all__ = ["BEST_NOTE", "SPLIT_WORDS", "best_note", "STOPPED", "Resumed", "RunFolder", "check_resume_compatible", "load_run_config",
            "observed_summary", "shot_record", "write_per_class"]

@@ -101,7 +101,10 @@ class ClassicTrainPipeline:
         self.view0 = classification_view(recipe, config.dataset, randaugment_ops=config.randaugment_ops,
                                          randaugment_magnitude=config.randaugment_magnitude)
         self.contrastive = (
-            contrastive_view_pair(recipe, config.dataset, config.contrastive_views) if config.uses_contrastive else None
+            contrastive_view_pair(recipe, config.dataset, config.contrastive_views,
+                                  randaugment_ops=config.randaugment_ops,
+                                  randaugment_magnitude=config.randaugment_magnitude)
+            if config.uses_contrastive else None
         )
         self.need_foreground = config.uses_cutmix
         self.items = PairViews(train, self.view0, self.contrastive)
