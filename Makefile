@@ -15,7 +15,7 @@ PYTHON_FOR_VENV ?= python3
 PRESET ?=
 PAPERMILL_ARGS ?=
 
-.PHONY: setup train test test-fast lab lint clean-runs
+.PHONY: setup train test test-fast lab tb lint clean-runs
 
 setup: $(STAMP)
 
@@ -51,6 +51,14 @@ lint: setup
 
 lab: setup
 	$(PY) -m jupyter lab notebooks
+
+# TensorBoard on every run's event files: papermill_runs/ and runs/ (curves named folder/run), or DIR=...
+tb: setup
+ifneq ($(DIR),)
+	$(PY) -m tensorboard.main --logdir "$(DIR)"
+else
+	$(PY) -m tensorboard.main --logdir_spec $$(for d in $(wildcard papermill_runs runs); do echo $$d:$$d; done | paste -sd, -)
+endif
 
 clean-runs:
 	find papermill_runs -mindepth 1 ! -name README.md -exec rm -rf {} +

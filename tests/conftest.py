@@ -74,3 +74,15 @@ def started() -> list[subprocess.Popen]:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=60)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one torch thread, then restore the count: tiny models gain nothing from more, lose much
+    when the two cores are shared with other processes, and their results then do not depend on the count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

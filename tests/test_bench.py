@@ -25,3 +25,8 @@ def test_quick_bench_prints_one_json_line_with_every_figure():
     assert figures["device"].startswith("cpu")
     # no per-sample Python loop: the op count does not grow with the batch (at most 25 sub-policy groups)
     assert figures["ops_per_batch_64"] == figures["ops_per_batch_512"]
+    # fp32 and bf16 CPU steps side by side, or the reason they were skipped (no native bf16)
+    if figures["cpu_bf16"].startswith("skipped: this CPU has no native bf16"):
+        assert "train_cpu_bf16" not in figures
+    else:
+        assert figures["train_cpu_fp32"] > 0 and figures["train_cpu_bf16"] > 0

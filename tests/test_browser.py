@@ -160,8 +160,9 @@ def browser(chromium_path):
             chromium.close()
 
 
-def open_and_run_all(browser, lab, name: str, parameters: dict):
-    """Open a parameterized copy of notebooks/<name> in JupyterLab, run every cell, return (page, state)."""
+def open_and_run_all(browser, lab, name: str, parameters: dict, before_run: str | None = None):
+    """Open a parameterized copy of notebooks/<name> in JupyterLab, run every cell, return (page, state);
+    ``before_run``: JavaScript evaluated in the page once the kernel is idle, before the cells run."""
     base, token, folder = lab
     parameterized_copy(name, folder, parameters)
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
@@ -169,6 +170,8 @@ def open_and_run_all(browser, lab, name: str, parameters: dict):
     page.goto(f"{base}/lab/workspaces/{Path(name).stem}/tree/{name}?token={token}&reset")
     page.wait_for_function(f"(path) => {{ const s = ({NOTEBOOK_STATE_JS})(path); return s && s.status === 'idle'; }}",
                            arg=name, timeout=KERNEL_START_MS)
+    if before_run is not None:
+        page.evaluate(before_run)
     page.evaluate("""async (path) => {
       const app = window.jupyterapp;
       const panel = Array.from(app.shell.widgets('main')).find(w => w.context && w.context.path === path);
@@ -273,5 +276,51 @@ def test_train_notebook_renders_its_figures(browser, lab, tmp_path):
         assert redrawn.evaluate("img => img.complete && img.naturalWidth > 100")
         redrawn.screenshot(path=str(ARTIFACTS / "train-learning-curves-rerun.png"))
         assert page.evaluate(NOTEBOOK_STATE_JS, "train.ipynb")["errors"] == []
+    finally:
+        page.close()
+
+
+# Records every figure the live-curves cell shows, as the page changes.
+WATCH_LIVE_CURVES_JS = """() => {
+  window.liveSources = [];
+  const look = () => {
+    const cell = Array.from(document.querySelectorAll('.jp-CodeCell')).find(
+      c => c.querySelector('.jp-InputArea') && c.querySelector('.jp-InputArea').innerText.includes('LiveCurves.of_run'));
+    if (!cell) { return; }
+    const image = cell.querySelector('.jp-OutputArea-output img');
+    const source = image && image.getAttribute('src');
+    if (source && window.liveSources[window.liveSources.length - 1] !== source) { window.liveSources.push(source); }
+  };
+  new MutationObserver(look).observe(document.body, {subtree: true, childList: true, attributes: true,
+                                                     attributeFilter: ['src']});
+}"""
+
+
+def test_train_notebook_redraws_its_live_curves_after_each_epoch(browser, lab, tmp_path):
+    # a few steps an epoch, so each epoch's figure stays on the page a while
+    parameters = {"dataset": "synthetic", "epochs": 2, "out_dir": str(tmp_path / "run"),
+                  "figures_dir": str(tmp_path / "figures"),
+                  "overrides": {"batch_size": 16, "num_workers": 0, "max_steps_per_epoch": 4}}
+    page, _ = open_and_run_all(browser, lab, "train.ipynb", parameters, before_run=WATCH_LIVE_CURVES_JS)
+    try:
+        sources = page.evaluate("window.liveSources")
+        assert len(sources) == 2, f"the live figure was drawn {len(sources)} times for 2 epochs"
+        assert sources[0] != sources[1] and all(s.startswith("data:image/png;base64,") for s in sources)
+        cell = page.locator(".jp-CodeCell", has_text="LiveCurves.of_run")
+        figure = cell.locator(".jp-OutputArea-output img")
+        assert figure.count() == 1 and figure.first.get_attribute("src") == sources[1]  # the last epoch's stays
+        assert figure.first.evaluate("img => img.complete && img.naturalWidth > 100 && img.naturalHeight > 100")
+        figure.first.screenshot(path=str(ARTIFACTS / "train-live-curves.png"))
+        bars = page.evaluate("""(path) => {
+          const panel = Array.from(window.jupyterapp.shell.widgets('main')).find(w => w.context && w.context.path === path);
+          const cell = Array.from(panel.content.model.cells).find(c => c.sharedModel.getSource().includes('LiveCurves.of_run'));
+          let count = 0;
+          for (let i = 0; i < cell.outputs.length; i++) {
+            const data = cell.outputs.get(i).data;
+            if (data && data['application/vnd.jupyter.widget-view+json']) { count += 1; }
+          }
+          return count;
+        }""", "train.ipynb")
+        assert bars >= 1  # interactively, the progress bars are drawn (the epochs' bar stays)
     finally:
         page.close()

@@ -46,12 +46,6 @@ def train_set():
     return train
 
 
-@pytest.fixture()
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def assert_same_batches(first: list, second: list) -> None:
@@ -82,7 +76,7 @@ def test_an_items_views_depend_on_its_position_alone(train_set):
     assert other_epoch[0][0] != seeds[0][0]
 
 
-def test_zero_one_and_two_workers_build_identical_batches(train_set, one_thread):
+def test_zero_one_and_two_workers_build_identical_batches(train_set, one_torch_thread):
     batches = {workers: list(ClassicTrainPipeline(train_set, tiny_config(num_workers=workers), "cpu").batches(3))
                for workers in (0, 1, 2)}
     assert_same_batches(batches[0], batches[1])
@@ -110,7 +104,7 @@ def read_run(out) -> tuple[list[dict], dict]:
 
 
 @pytest.mark.integration  # two runs, one with worker processes: several seconds
-def test_runs_with_zero_and_two_workers_end_with_identical_metrics(tmp_path, one_thread):
+def test_runs_with_zero_and_two_workers_end_with_identical_metrics(tmp_path, one_torch_thread):
     config = tiny_config(eval_interval=1)
     fit(config, tmp_path / "serial")
     fit(config.replace(num_workers=2), tmp_path / "workers")

@@ -42,13 +42,7 @@ REAL_TRAIN_ONE_EPOCH = engine.train_one_epoch
 REAL_EVALUATE_DISTRIBUTED = evaluation.evaluate_distributed
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Train on one thread: tiny models gain nothing from more, and the results do not depend on the count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(**changes) -> TrainConfig:

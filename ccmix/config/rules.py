@@ -53,6 +53,11 @@ class ConfigError(ValueError):
             reason = f"{self.field} {meaning}must be {self.accepted}"
         return f"{prefix}{subject} {self.problem}; {reason}"
 
+    def _render_traceback_(self) -> list[str]:
+        # IPython and Jupyter (papermill's kernels too) show this instead of a traceback through ccmix: the sentence
+        # is the whole story. Written out, not the ccmix.errors.ShownAsSentence mixin, as subclasses list that first.
+        return [f"error: {self}"]
+
     def parts(self) -> dict:
         """Return the sentence's parts as a dict (field, value, accepted, problem, detail, source)."""
         return {"field": self.field, "value": self.value, "accepted": self.accepted, "problem": self.problem,

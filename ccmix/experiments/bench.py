@@ -1,4 +1,4 @@
-"""Throughput measurements: the classic and the fast training-data pipelines.
+"""Throughput measurements: the classic and the fast training-data pipelines, and fp32 against bf16 on the CPU.
 
 The training views are those of Contrastive CutMix (Pan et al., "Enhanced Long-Tailed
 Recognition with Contrastive CutMix Augmentation", IEEE TIP 2024): view 0 of the
@@ -19,6 +19,7 @@ import torch
 from ccmix.config.fields import TrainConfig
 from ccmix.method.collectives import DistContext
 from ccmix.method.step import build_optimizer, train_step
+from ccmix.train import precision
 from ccmix.train.evaluation import build_run_model, single_device
 
 
@@ -170,8 +171,25 @@ def _time_training(pipeline, config: TrainConfig, device: torch.device, class_co
     return samples / (time.perf_counter() - started)
 
 
+def compare_cpu_precision(pipeline, config: TrainConfig, class_counts: list[int], batches: int, warmup: int) -> dict:
+    """Return samples/s of full CPU training steps in fp32 and under bf16 autocast (``cpu_bf16``), side by side.
+
+    Both time the same pipeline, model and number of steps: {"cpu_bf16": what the CPU offers, "train_cpu_fp32",
+    "train_cpu_bf16", "cpu_bf16_speedup"}. Where the CPU has no native bf16 only {"cpu_bf16": "skipped: ..."}:
+    emulated bf16 is slower than fp32, and training refuses it there.
+    """
+    native, evidence = precision.cpu_bf16_support()
+    if not native:
+        return {"cpu_bf16": f"skipped: this CPU has no native bf16 ({evidence})"}
+    cpu = torch.device("cpu")
+    fp32 = _time_training(pipeline, config.replace(cpu_bf16=False), cpu, class_counts, batches, warmup)
+    bf16 = _time_training(pipeline, config.replace(cpu_bf16=True), cpu, class_counts, batches, warmup)
+    return {"cpu_bf16": evidence, "train_cpu_fp32": fp32, "train_cpu_bf16": bf16, "cpu_bf16_speedup": bf16 / fp32}
+
+
 def run_bench(quick: bool = False, device: str | None = "auto", preset: str = "cifar100_imb100") -> dict:
-    """Return the bench's JSON-ready result: data and training samples/s of both pipelines, ratios, op counts.
+    """Return the bench's JSON-ready result: data and training samples/s of both pipelines, ratios, op counts,
+    and on the CPU fp32 against bf16 training steps (``compare_cpu_precision``).
 
     Both pipelines run on the same in-memory long-tailed training set (random images with
     the preset's class counts), in this process, after warm-up; training steps use the
@@ -214,9 +232,11 @@ def run_bench(quick: bool = False, device: str | None = "auto", preset: str = "c
         result[f"train_{name}"] = _time_training(pipeline, config, device, train.class_counts, train_batches, warmup)
     result["data_ratio"] = result["data_fast"] / result["data_classic"]
     result["train_ratio"] = result["train_fast"] / result["train_classic"]
+    if device.type == "cpu":  # fp32 against bf16 autocast, on the fast pipeline's batches
+        result.update(compare_cpu_precision(pipelines["fast"], config, train.class_counts, train_batches, warmup))
     result["ops_per_batch_64"] = count_augment_ops(64, device)
     result["ops_per_batch_512"] = count_augment_ops(512, device)
     return {key: round(value, 2) if isinstance(value, float) else value for key, value in result.items()}
 
 
-__all__ = ["count_augment_ops", "count_operator_calls", "run_bench"]
+__all__ = ["compare_cpu_precision", "count_augment_ops", "count_operator_calls", "run_bench"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -275,22 +275,30 @@ def _reproduced_preset(config: TrainConfig, preset: str | None, *, base: str, na
     return reproduces
 
 
-def train(run: TrainRun) -> dict:
+def train(run: TrainRun, on_epoch: Sequence[Callable[[dict], None]] | None = None) -> dict:
     """Train ``run`` and return its summary: in this process, or under torchrun when nproc_per_node > 1.
 
-    With several processes the run starts as a subprocess (``ccmix.train.launch``) and its
-    progress is followed epoch by epoch from metrics.jsonl, so the notebook stays responsive.
+    ``on_epoch``: callables given each epoch's metrics.jsonl record as it is saved (live curves).
+    With several processes the run starts as a subprocess (``ccmix.train.launch``) whose output goes to
+    its launch.log; its progress is followed epoch by epoch from metrics.jsonl, so the notebook stays
+    responsive and prints each epoch's line once, as an in-process run does.
     """
     if run.nproc_per_node == 1:
         from ccmix.train.fit import fit
 
-        return fit(run.config, run.out_dir, preset=run.requested_preset)
+        return fit(run.config, run.out_dir, preset=run.requested_preset, on_epoch=on_epoch)
+    from tqdm.auto import tqdm
+
     from ccmix.io import read_json
     from ccmix.train.launch import follow_run, launch_torchrun
+    from ccmix.train.report import epoch_line
 
     process = launch_torchrun(run.requested_preset, run.config.to_dict(), run.out_dir, run.nproc_per_node)
-    for _ in follow_run(run.out_dir, process):
-        pass
+    for record in follow_run(run.out_dir, process, progress=run.config.progress):
+        if run.config.progress:
+            tqdm.write(epoch_line(record, epochs=run.config.epochs, seconds_left=None))
+        for callback in on_epoch or ():
+            callback(record)
     return read_json(Path(run.out_dir) / "summary.json")
 
 
@@ -301,13 +309,17 @@ def describe_summary(summary: dict) -> str:
         return " / ".join("empty" if result.get(g) is None else f"{result[g]:.2f}" for g in ("many", "medium", "few"))
 
     final, best = summary.get("final") or {}, summary.get("best") or {}
-    lines = [f"status {summary.get('status')}, {summary.get('epochs_completed')} of {summary.get('epochs')} epochs"]
+    from ccmix.train.run_folder import SPLIT_WORDS, best_note
+
+    split = summary.get("eval_split", "test")
+    lines = [f"status {summary.get('status')}, {summary.get('epochs_completed')} of {summary.get('epochs')} epochs, "
+             f"evaluated on the {SPLIT_WORDS.get(split, split)} set"]
     if summary.get("error"):
         lines.append(f"error: {summary['error']}")
     if final.get("top1") is not None:
         lines.append(f"final top-1 {final['top1']:.2f} (epoch {final.get('epoch')}); many / medium / few: {groups(final)}")
     if best.get("top1") is not None:
-        lines.append(f"best top-1  {best['top1']:.2f} (epoch {best.get('epoch')}; {best.get('note') or 'selected on the test set, optimistic'}); "
+        lines.append(f"best top-1  {best['top1']:.2f} (epoch {best.get('epoch')}; {best.get('note') or best_note(split)}); "
                      f"many / medium / few: {groups(best)}")
     if summary.get("published_top1") is not None:
         lines.append(f"published top-1 of preset {summary.get('preset')}: {summary['published_top1']:.2f}")

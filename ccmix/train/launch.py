@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ccmix.config.rules import ConfigError
 from ccmix.config.validation import resolve
+from ccmix.train.console import show_bars
 from ccmix.train.run_folder import RunFolder
 
 LOG_NAME = "launch.log"  # torchrun's and the workers' output, appended, inside the run folder
@@ -181,7 +182,7 @@ def follow_run(
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
-    bar = tqdm(total=_planned_epochs(out), desc="training", unit="epoch", disable=not progress)
+    bar = tqdm(total=_planned_epochs(out), desc="training", unit="epoch", disable=not show_bars(progress))
     last_epoch = 0
     try:
         while True:

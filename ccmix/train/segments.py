@@ -25,8 +25,8 @@ from ccmix.io import read_jsonl, write_jsonl
 
 SEGMENTS = "segments.jsonl"
 # Facts whose change can alter the numbers (in the last bits, except the pipeline), in the order they are named.
-NUMERIC_FACTS = ("pipeline", "device", "world_size", "torch_threads", "torch", "amp", "channels_last", "compile",
-                 "deterministic", "sync_bn")
+NUMERIC_FACTS = ("pipeline", "device", "world_size", "torch_threads", "torch", "amp", "cpu_bf16", "channels_last",
+                 "compile", "deterministic", "sync_bn")
 # Recorded for the reader, never a reason for other numbers.
 OTHER_FACTS = ("num_workers", "host")
 
@@ -36,13 +36,14 @@ def runtime_facts(config: TrainConfig, device: torch.device, world_size: int, pi
 
     ``pipeline``: the pipeline that builds the batches (``classic`` or ``fast``, after any
     fallback); ``sync_bn``: whether BatchNorm is synchronised over processes. amp and
-    channels_last are recorded as they apply (on CUDA only).
+    channels_last are recorded as they apply (on CUDA only), cpu_bf16 too (on the CPU only).
     """
     on_cuda = device.type == "cuda"
     name = f"cuda ({torch.cuda.get_device_name(device)})" if on_cuda else device.type
     return {
         "pipeline": pipeline, "device": name, "world_size": int(world_size), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "amp": bool(config.amp and on_cuda),
+        "cpu_bf16": bool(config.cpu_bf16 and not on_cuda),
         "channels_last": bool(config.channels_last and on_cuda), "compile": bool(config.compile),
         "deterministic": bool(config.deterministic), "sync_bn": bool(sync_bn),
         "num_workers": int(config.num_workers) if pipeline == "classic" else 0, "host": platform.node(),
