@@ -17,6 +17,7 @@ import torch
 
 from ccmix.config.fields import TrainConfig
 from ccmix.config.rules import ConfigError
+from ccmix.method import mixers
 from ccmix.method.collectives import DistContext
 from ccmix.method.cutmix import area_labels
 from ccmix.method.mixers import CutMix, Mixed, build_mixer, mixer_names, register_mixer
@@ -48,7 +49,13 @@ class MixUp:
         return Mixed(images, area_labels(labels, foreground_labels, params, num_classes, check_values=False), params)
 
 
-register_mixer("mixup", MixUp)
+@pytest.fixture(autouse=True)
+def mixup_registered():
+    """Register MixUp for this file's tests only: other tests in the same process see the package's own mixers."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mixers, "_MIXERS", dict(mixers._MIXERS))
+        register_mixer("mixup", MixUp)
+        yield
 
 
 def tiny_config(**changes) -> TrainConfig:

@@ -85,7 +85,7 @@ def test_plain_namespace_checks_data_values_only():
 
 
 def test_every_notebook_has_its_parameter_list():
-    assert set(NOTEBOOK_PARAMETERS) == {"train", "explore_cutmix", "analyze", "sweep"}
+    assert set(NOTEBOOK_PARAMETERS) == {"train", "explore_cutmix", "analyze", "sweep", "ablate"}
     check_notebook_parameters(["checkpoint", "figures_dir"], notebook="explore_cutmix")
     with pytest.raises(ConfigError, match="not a parameter of the analyze notebook"):
         check_notebook_parameters(["run_dir"], notebook="analyze")

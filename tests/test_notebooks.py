@@ -22,7 +22,7 @@ from ccmix.experiments.train_params import resolve_train_parameters
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 NOTEBOOK_NAMES = {"train": "train.ipynb", "explore_cutmix": "explore_cutmix.ipynb", "analyze": "analyze.ipynb",
-                  "sweep": "sweep.ipynb"}
+                  "sweep": "sweep.ipynb", "ablate": "ablate.ipynb"}
 TINY_OVERRIDES = {"batch_size": 16, "num_workers": 0, "max_steps_per_epoch": 1}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CELL_TIMEOUT_S = 300  # a cell that hangs fails the test with its name instead of stalling the suite
@@ -224,3 +224,78 @@ def test_sweep_notebook_skips_completed_runs_and_tabulates(tmp_path):
     assert "0 trained, 2 skipped, 0 failed" in text
     assert (runs / "results.csv").read_text().count("\n") == 3  # header and two runs
     assert "36.00" in text and "30.00" in text
+
+
+# --------------------------------------------------------------------------- headless, as `make train` runs it
+
+
+def papermill_train(output: Path, *arguments: str) -> subprocess.CompletedProcess:
+    """Run train.ipynb with the papermill command line as `make train` does (--log-output); return the process."""
+    command = [sys.executable, "-m", "papermill", "--kernel", "python3", "--log-output", "--no-progress-bar",
+               str(NOTEBOOKS / "train.ipynb"), str(output), *arguments]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=2 * CELL_TIMEOUT_S)
+
+
+@pytest.mark.integration
+def test_ablate_notebook_trains_a_grid_and_draws_its_intervals(tmp_path):
+    """One field x two values x two seeds, one step each, trained by the local launcher two at a time."""
+    runs, figures = tmp_path / "runs", tmp_path / "figures"
+    nb = execute("ablate.ipynb", tmp_path / "ablate.ipynb", {
+        "grid": {"omega": [0.0, 0.1]}, "seeds": [0, 1], "dataset": "synthetic", "epochs": 1, "jobs": 2,
+        "overrides": {**TINY_OVERRIDES, "progress": False}, "baseline": {"omega": 0}, "runs_dir": str(runs),
+        "figures_dir": str(figures)})
+    assert error_outputs(nb) == []
+    summaries = [json.loads(p.read_text()) for p in runs.glob("*/summary.json")]
+    assert len(summaries) == 4 and all(s["status"] == "completed" for s in summaries)
+    text = text_of(nb)
+    assert "difference to omega=0.0" in text and "seed noise" in text
+    assert_figures(figures, ["ablation_ci"])
+    recorded = any('"semantic_' in p.read_text() for p in runs.glob("*/metrics.jsonl"))
+    if recorded:  # runs that record the semantic-label statistics get their figure, others say they have none
+        assert_figures(figures, ["ablation_semantic"])
+    else:
+        assert "records semantic_* statistics" in text
+    assert image_count(nb) == 1 + recorded
+
+
+@pytest.mark.integration
+def test_headless_run_logs_each_epoch_once_without_bars_and_keeps_the_last_live_figure(tmp_path):
+    from ccmix.notebook.live import figure_png, live_figure
+
+    run = tmp_path / "run"
+    result = papermill_train(tmp_path / "train.ipynb", "-p", "dataset", "synthetic", "-p", "epochs", "2",
+                             "-p", "out_dir", str(run), "-p", "figures_dir", str(tmp_path / "figures"),
+                             "-y", f"overrides: {json.dumps(TINY_OVERRIDES)}")
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    nb = nbformat.read(tmp_path / "train.ipynb", as_version=4)
+    for text in (log, text_of(nb)):
+        epoch_lines = [line for line in text.splitlines() if line.startswith("epoch ")]
+        assert [line.split("  ")[0] for line in epoch_lines] == ["epoch 1/2", "epoch 2/2"]
+        assert "0%|" not in text and "it/s]" not in text  # no progress bar frozen at its first frame
+        assert text.count("final top-1 ") == 1
+    widget_views = [o for cell in code_cells(nb) for o in cell.outputs
+                    if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widget_views == []
+    training = next(cell for cell in code_cells(nb) if "LiveCurves" in cell.source)
+    figures = [o.data["image/png"] for o in training.outputs if "image/png" in o.get("data", {})]
+    assert len(figures) == 1  # one display, replaced after each epoch
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    import base64
+
+    assert base64.b64decode(figures[0]) == figure_png(live_figure(records, 2))  # the curves after the last epoch
+
+
+@pytest.mark.integration
+def test_headless_run_with_a_bad_parameter_ends_with_its_sentence_alone(tmp_path):
+    sentence = "parameter imb=-5 is not accepted; imb is N_max / N_min and must be a number >= 1"
+    result = papermill_train(tmp_path / "bad.ipynb", "-p", "dataset", "synthetic", "-p", "imb", "-5",
+                             "-p", "out_dir", str(tmp_path / "run"))
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert log.count(sentence) == 1, log[-3000:]
+    assert str(REPO / "ccmix") not in log and "train_params.py" not in log  # no traceback through the package
+    nb = nbformat.read(tmp_path / "bad.ipynb", as_version=4)
+    (error,) = error_outputs(nb)
+    assert len(error.traceback) == 1 and error.traceback[0].startswith(f"error: {sentence}")
+    assert not (tmp_path / "run").exists()

@@ -52,21 +52,27 @@ PROFILES = ("exp", "step")
 SCHEDULES = ("step", "cosine")
 PIPELINES = ("auto", "classic", "fast")
 VIEW_RECIPES = ("auto", "cifar", "imagenet")
-# Contrastive-view variants of the published code (imagenet recipe): sim-rand and randstack add its RandAugment.
+# Contrastive-view pairs (imagenet recipe): sim-sim and sim-rand are published choices; randstack (RandAugment on
+# both views) is ccmix's own: the published code defines that pair but its --cl_views option does not accept it.
 CONTRASTIVE_VIEWS = ("sim-sim", "sim-rand", "randstack")
 DEVICES = ("auto", "cpu", "cuda")
+LOGGERS = ("tensorboard", "wandb", "none")
 
 # Datasets whose training split is already long-tailed and given by list files.
 LIST_DATASETS = ("imagenet_lt", "inat2018", "places_lt")
 # Datasets to which the synthetic long-tail profile (imb, imb_profile) applies.
 PROFILED_DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
 FIXED_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet_lt": 1000, "inat2018": 8142, "places_lt": 365}
-# Standard OLTR split file names, looked up inside data_root when train_list/test_list are unset.
-DEFAULT_LIST_FILES = {
-    "imagenet_lt": ("ImageNet_LT_train.txt", "ImageNet_LT_test.txt"),
-    "inat2018": ("iNaturalist18_train.txt", "iNaturalist18_val.txt"),
-    "places_lt": ("Places_LT_train.txt", "Places_LT_test.txt"),
+# Standard OLTR split file names by split, looked up inside data_root when train_list/test_list are unset.
+# iNaturalist 2018 has no labelled test list: its val list is the evaluation set (the published code's too).
+SPLIT_FILES = {
+    "imagenet_lt": {"train": "ImageNet_LT_train.txt", "val": "ImageNet_LT_val.txt", "test": "ImageNet_LT_test.txt"},
+    "inat2018": {"train": "iNaturalist18_train.txt", "val": "iNaturalist18_val.txt"},
+    "places_lt": {"train": "Places_LT_train.txt", "val": "Places_LT_val.txt", "test": "Places_LT_test.txt"},
 }
+# Every standard file of each list dataset, the training list first.
+DEFAULT_LIST_FILES = {name: tuple(files.values()) for name, files in SPLIT_FILES.items()}
+EVAL_SPLITS = ("val", "test")
 
 RECIPE, SEED, RUNTIME = "recipe", "seed", "runtime"
 ROLES = (RECIPE, SEED, RUNTIME)
@@ -117,8 +123,11 @@ class TrainConfig:
     data_root: str = spec("data", RUNTIME, "folder holding the dataset (where it lies, not what it is)", path=True)
     train_list: str | None = spec(None, RUNTIME, "list datasets: the `relative/path label` training file",
                                   path=True, none_means="the standard file inside data_root")
-    test_list: str | None = spec(None, RUNTIME, "list datasets: the `relative/path label` test file", path=True,
-                                 none_means="the standard file inside data_root")
+    test_list: str | None = spec(None, RUNTIME, "list datasets: the `relative/path label` evaluation file", path=True,
+                                 none_means="the standard file of eval_split inside data_root")
+    eval_split: str = spec("test", RECIPE, "split evaluated on: val (list datasets' validation list, where the "
+                           "published ImageNet-LT and Places-LT runs evaluate; inat2018's only list) or test",
+                           choices=EVAL_SPLITS)
     imb: float = spec(100.0, RECIPE, "N_max / N_min of the long-tail profile (profiled datasets only)", minimum=1,
                       meaning="N_max / N_min")
     imb_profile: str = spec("exp", RECIPE, "shape of the long-tail profile", choices=PROFILES)
@@ -134,13 +143,13 @@ class TrainConfig:
                          choices=PIPELINES)
     view_recipe: str = spec("auto", RECIPE, "augmentation recipe; auto picks cifar or imagenet from the dataset",
                             choices=VIEW_RECIPES)
-    contrastive_views: str = spec("sim-sim", RECIPE, "contrastive-view variant of the published code (sim-rand and "
-                                  "randstack add RandAugment to one or both views; imagenet recipe only)",
+    contrastive_views: str = spec("sim-sim", RECIPE, "contrastive views: sim-sim, or RandAugment on view 1 (sim-rand, "
+                                  "published) or on both (randstack, ccmix's own); imagenet recipe only",
                                   choices=CONTRASTIVE_VIEWS)
-    randaugment_ops: int = spec(2, RECIPE, "ImageNet-scale view 0: RandAugment ops per image (the published n)",
-                                minimum=0)
-    randaugment_magnitude: int = spec(10, RECIPE, "ImageNet-scale view 0: RandAugment level (the published m, of 10)",
-                                      minimum=0, maximum=10)
+    randaugment_ops: int = spec(2, RECIPE, "ImageNet-scale RandAugment ops per image (view 0, and the sim-rand / "
+                                "randstack views; the published n)", minimum=0)
+    randaugment_magnitude: int = spec(10, RECIPE, "ImageNet-scale RandAugment level (view 0, and the sim-rand / "
+                                      "randstack views; the published m, of 10)", minimum=0, maximum=10)
     num_workers: int = spec(2, RUNTIME, "DataLoader worker processes of the classic pipeline", minimum=0)
     # --- model ---
     arch: str = spec("resnet32", RECIPE, "encoder architecture", choices=ARCHS)
@@ -161,6 +170,8 @@ class TrainConfig:
     cutmix_prob: float = spec(0.5, RECIPE, "probability that a batch is mixed", minimum=0, maximum=1)
     cutmix_alpha: float = spec(1.0, RECIPE, "lambda ~ Beta(cutmix_alpha, cutmix_alpha)", above=0)
     cutmix_per_sample: bool = spec(False, RECIPE, "one box per image instead of one per batch (the reference)")
+    cutmix_per_micro_batch: bool = spec(False, RECIPE, "with grad_accum_steps > 1, draw the mix decision and box "
+                                        "per micro-batch (the published inat2018 loop) instead of per step")
     topk: int = spec(30, RECIPE, "classes kept in the semantic label (at most the number of classes)", minimum=1)
     # The published code weighs the semantic label by rho * omega without clamping it; rho = log(sum_c N_c y_c) /
     # sum_c log N_c is at most log N_max / sum_c log N_c (about 0.014 for CIFAR-100-LT, 1e-4 for iNaturalist 2018),
@@ -177,6 +188,10 @@ class TrainConfig:
                            minimum=2)
     grad_accum_steps: int = spec(1, RECIPE, "micro-batches a step (BatchNorm sees each one: part of the recipe)",
                                  minimum=1)
+    # The published scripts run nn.DataParallel over 4 GPUs: each BatchNorm sees a quarter of every forward batch.
+    bn_chunks: int = spec(1, RECIPE, "BatchNorm normalises this many chunks of each forward batch separately, "
+                          "running statistics from the first, as DataParallel over that many GPUs (published: 4)",
+                          minimum=1)
     lr: float = spec(0.15, RECIPE, "peak learning rate", above=0)
     momentum: float = spec(0.9, RECIPE, "SGD momentum", minimum=0, maximum=1)
     weight_decay: float = spec(5e-4, RECIPE, "SGD weight decay", minimum=0)
@@ -194,16 +209,21 @@ class TrainConfig:
     few_threshold: int = spec(20, RECIPE, "classes with fewer training images are few-shot (changes the report)",
                               minimum=0)
     amp: bool = spec(True, RUNTIME, "bf16 autocast, CUDA only")
+    cpu_bf16: bool = spec(False, RUNTIME, "bf16 autocast on the CPU (opt-in; needs native bf16: AVX-512-BF16, "
+                          "AMX or Arm BF16); evaluation stays fp32")
     channels_last: bool = spec(True, RUNTIME, "channels-last memory format, CUDA only")
     compile: bool = spec(False, RUNTIME, "torch.compile the training step (model and losses; CUDA graphs on one GPU)")
     deterministic: bool = spec(True, RUNTIME, "deterministic kernels")
     sync_bn: bool | None = spec(None, RUNTIME, "synchronised BatchNorm across processes",
-                                none_means="on when more than one process trains")
+                                none_means="on when more than one process trains and bn_chunks is 1")
     max_steps_per_epoch: int | None = spec(None, RECIPE, "cap on steps an epoch for smoke runs and benchmarks",
                                            minimum=1, none_means="full epochs")
     progress: bool = spec(True, RUNTIME, "show progress bars")
     log_every: int = spec(50, RUNTIME, "steps between reads of the device: loss finiteness check and progress "
                           "figures (and at each epoch's end)", minimum=1)
+    logger: str = spec("tensorboard", RUNTIME, "where the run's scalars go besides metrics.jsonl: TensorBoard "
+                       "event files in the run folder, W&B (pip install ccmix[wandb]; offline unless WANDB_MODE "
+                       "says otherwise) or none", choices=LOGGERS)
 
     def __post_init__(self):
         if isinstance(self.milestones, list):  # JSON and YAML give lists; the config holds a tuple
@@ -226,6 +246,9 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown config key {unknown[0]!r}; accepted keys are the TrainConfig fields")
+        if "eval_split" not in data and data.get("dataset") == "inat2018":
+            # written before the field existed: inat2018 was evaluated on its val list, its only one
+            data = dict(data, eval_split="val")
         return cls(**data)
 
     def replace(self, **changes) -> TrainConfig:
@@ -340,12 +363,20 @@ def fields_table() -> str:
 
 
 
+def eval_splits_of(dataset: str) -> tuple[str, ...]:
+    """Return the evaluation splits ``dataset`` has: its list files' val/test, else test only (CIFAR, folder,
+    synthetic, whose test set is their only held-out set)."""
+    files = SPLIT_FILES.get(dataset)
+    return tuple(split for split in EVAL_SPLITS if split in files) if files else ("test",)
+
+
 def list_files(config: TrainConfig) -> tuple[str, str]:
-    """Return the (train, test) split-file paths of a list dataset."""
-    default_train, default_test = DEFAULT_LIST_FILES[config.dataset]
-    train = config.train_list or os.path.join(config.data_root, default_train)
-    test = config.test_list or os.path.join(config.data_root, default_test)
-    return train, test
+    """Return the (train, evaluation) split-file paths of a list dataset: an explicit ``test_list`` wins,
+    else the standard file of ``config.eval_split`` inside ``data_root``."""
+    files = SPLIT_FILES[config.dataset]
+    train = config.train_list or os.path.join(config.data_root, files["train"])
+    evaluation = config.test_list or os.path.join(config.data_root, files[config.eval_split])
+    return train, evaluation
 
 
 
@@ -401,5 +432,5 @@ def check_field_names(values: Mapping, source: str = "parameter") -> None:
 __all__ = [
     "ConfigError", "TrainConfig", "Rule", "ROLES", "RECIPE", "SEED", "RUNTIME", "fields_table", "field_names",
     "field_role", "field_help", "field_rule", "fields_with_role", "recipe_fields", "recipe_differences",
-    "resume_differences", "list_files", "spec",
+    "resume_differences", "list_files", "eval_splits_of", "spec",
 ]

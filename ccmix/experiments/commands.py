@@ -44,7 +44,7 @@ def _eval(args: argparse.Namespace) -> int:
     from ccmix.config.validation import parse_set_arguments
     from ccmix.train.evaluation import evaluate_checkpoint, save_eval_result
 
-    result = evaluate_checkpoint(args.checkpoint, parse_set_arguments(args.set or []), write=False)
+    result = evaluate_checkpoint(args.checkpoint, parse_set_arguments(args.set or []), write=False, split=args.split)
     _print_json(result)  # first: the metrics are shown even when they cannot be saved
     problem = save_eval_result(result, args.checkpoint)
     if problem is not None:
@@ -67,6 +67,20 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ccmix.experiments.ablation import report_text
+    from ccmix.experiments.results import collect_results, run_folders
+
+    folders = run_folders(args.runs_dir)
+    if not folders:
+        raise ValueError(f"--runs-dir {args.runs_dir!r} holds no run folder (a folder with summary.json); give the "
+                         "runs_dir of a sweep" + ("" if Path(args.runs_dir).is_dir() else " (it does not exist)"))
+    print(report_text(collect_results(folders), args.baseline), flush=True)
+    return 0
+
+
 def _fields_help() -> str:
     from ccmix.config.fields import field_help, field_names, field_role, field_rule
 
@@ -76,7 +90,8 @@ def _fields_help() -> str:
 
 EVAL_EPILOG = (
     "The metrics are printed as one JSON line on stdout, then saved beside the checkpoint as <name>.eval.json "
-    "(last.pt: last.eval.json). When that file cannot be written (a read-only or full disk) the command still "
+    "(last.pt: last.eval.json), or, for --split other than the run's eval_split, as <name>.eval.<split>.json "
+    "(last.eval.test.json), which leaves the run's own record as it was. When that file cannot be written (a read-only or full disk) the command still "
     "exits 0, since the evaluation itself succeeded, and says on stderr in one line what was not saved and why."
 )
 
@@ -102,9 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "so this is refused without it)")
     train.set_defaults(handler=_train)
 
-    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on its test set", epilog=EVAL_EPILOG)
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on its evaluation split (or --split)",
+                                   epilog=EVAL_EPILOG)
     evaluate.add_argument("--checkpoint", required=True, help="a checkpoint file, e.g. a run folder's last.pt or best.pt")
     evaluate.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. data_root=... (repeatable)")
+    evaluate.add_argument("--split", choices=("val", "test"), default=None,
+                          help="the split to evaluate on (default: the run's eval_split)")
     evaluate.set_defaults(handler=_eval)
 
     presets = commands.add_parser("presets", help="list the presets and their published top-1")
@@ -118,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto (the default): CUDA when present, else the CPU")
     bench.add_argument("--preset", default="cifar100_imb100")
     bench.set_defaults(handler=_bench)
+
+    report = commands.add_parser(
+        "report", help="the runs of a sweep over seeds: mean, sd and 95% CI per grid point, and differences to a "
+                       "baseline point", description="Print one row per grid point of the completed runs under "
+        "RUNS_DIR: mean ± 95% CI half-width (t, n-1 dof) and sd (ddof=1) over seeds of final and best top-1 and "
+        "many/medium/few. notebooks/ablate.ipynb draws the same as a figure.")
+    report.add_argument("--runs-dir", required=True, help="a sweep's runs_dir (run folders directly under it)")
+    report.add_argument("--baseline", default=None, metavar="FIELD=VALUE",
+                        help="add each point's difference to the point with FIELD=VALUE and the same other values, "
+                             "with a 95%% CI (paired by seed when the seeds match, Welch otherwise), e.g. omega=0")
+    report.set_defaults(handler=_report)
 
     sweep = commands.add_parser("sweep", help="run the training notebook over methods x imbalances x seeds",
                                 add_help=False)

@@ -58,6 +58,12 @@ NOTEBOOK_PARAMETERS: dict[str, dict[str, object]] = {
         "runs_dir": "papermill_runs", "launcher": "local", "jobs": 1, "slurm": {}, "redo_mismatched": False,
         "kernel": "python3",
     },
+    "ablate": {
+        "grid": {"omega": [0.0, 0.0078]}, "methods": ["concutmix"], "imbs": [100], "seeds": [0, 1, 2],
+        "dataset": "cifar10", "epochs": 200, "overrides": {}, "baseline": {"omega": 0.0},
+        "runs_dir": "papermill_runs/ablate",
+        "launcher": "local", "jobs": 1, "train": True, "figures_dir": "../figures/ablate",
+    },
 }
 
 # Names IPython puts in a notebook's namespace; never parameters.

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ccmix.config.fields import TrainConfig, recipe_differences
 from ccmix.config.rules import ConfigError, shown_value
+from ccmix.experiments.grid import check_grid, grid_combinations, grid_run_name
 from ccmix.experiments.locations import find_repo_root
 from ccmix.experiments.notebook_params import check_notebook_parameters
 from ccmix.experiments.train_params import resolve_train_parameters
@@ -74,23 +75,26 @@ def _preset_config(name: str) -> TrainConfig:
     return preset(name)
 
 
-def grid_points(methods: Sequence[str], imbs: Sequence[float], seeds: Sequence[int]) -> list[dict]:
-    """Return the grid's points as dicts {method, imb, seed}, in order, without repeats."""
+def grid_points(methods: Sequence[str], imbs: Sequence[float], seeds: Sequence[int],
+                grid: dict[str, list] | None = None) -> list[dict]:
+    """Return the grid's points as dicts {method, imb, <grid field>..., seed}, in order, without repeats;
+    ``grid`` is a checked ``{field: values}`` (see :func:`ccmix.experiments.grid.check_grid`)."""
     for name, values in (("methods", methods), ("imbs", imbs), ("seeds", seeds)):
         if isinstance(values, (str, bytes)) or not isinstance(values, Iterable) or not list(values):
             raise ConfigError(f"{name}={values!r} is not accepted; give a non-empty list")
     points = []
-    for method, imb, seed in itertools.product(methods, imbs, seeds):
-        point = {"method": method, "imb": imb, "seed": seed}
+    for method, imb, values, seed in itertools.product(methods, imbs, grid_combinations(grid or {}), seeds):
+        point = {"method": method, "imb": imb, **values, "seed": seed}
         if point not in points:
             points.append(point)
     return points
 
 
 def plan_sweep(methods: Sequence[str], imbs: Sequence[float], seeds: Sequence[int], base_params: dict | None,
-               runs_dir: str | os.PathLike) -> list[PlannedRun]:
+               runs_dir: str | os.PathLike, grid: dict | None = None) -> list[PlannedRun]:
     """Return the sweep's runs, every point validated before anything runs; ConfigError (one sentence) on a bad
-    value. ``base_params`` are train-notebook parameters shared by every point."""
+    value. ``base_params`` are train-notebook parameters shared by every point; ``grid`` maps recipe fields to
+    the values to vary (each combination becomes overrides, its values part of the run folder name)."""
     if base_params is not None and not isinstance(base_params, dict):
         raise ConfigError(f"base_params={base_params!r} is not accepted; give a dict of train-notebook parameters")
     if not isinstance(runs_dir, (str, os.PathLike)) or not os.fspath(runs_dir):
@@ -103,19 +107,33 @@ def plan_sweep(methods: Sequence[str], imbs: Sequence[float], seeds: Sequence[in
                 f"base_params sets {key!r}, which the sweep chooses itself (method, imb and seed from the grid, "
                 "out_dir under runs_dir); remove it"
             )
+    base_overrides = base_params.get("overrides") or {}
+    if not isinstance(base_overrides, dict):
+        raise ConfigError(f"parameter overrides={base_overrides!r} is not accepted; it takes a mapping of config "
+                          "fields to values, e.g. {'topk': 10}")
+    grid = check_grid(grid, base_overrides)
     root = find_repo_root()
     runs = Path(runs_dir).expanduser().resolve()
     plan = []
-    for point in grid_points(methods, imbs, seeds):
+    for point in grid_points(methods, imbs, seeds, grid):
+        varied = {name: _notebook_value(point.pop(name)) for name in grid}
         params = {**base_params, **point}
+        if varied:
+            params["overrides"] = {**base_overrides, **varied}
         run = resolve_train_parameters(**params, repo_root=root)
-        out_dir = runs / run.run_name
-        plan.append(PlannedRun(name=run.run_name, out_dir=out_dir, config=run.config, preset=run.preset,
+        out_dir = runs / grid_run_name(run.run_name, run.config.seed, varied)
+        plan.append(PlannedRun(name=out_dir.name, out_dir=out_dir, config=run.config, preset=run.preset,
                                params={**params, "out_dir": str(out_dir)}, nproc_per_node=run.nproc_per_node))
     names = [run.name for run in plan]
     if len(set(names)) != len(names):
-        raise ConfigError("the grid gives two points the same run folder name; check methods, imbs and seeds")
+        raise ConfigError("the grid gives two points the same run folder name; check methods, imbs, seeds and the "
+                          "--grid values (two values that read the same in a folder name)")
     return plan
+
+
+def _notebook_value(value):
+    """Return a grid value as a train-notebook parameter can carry it (YAML/JSON: lists, not tuples)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def is_completed(run_dir: str | os.PathLike) -> bool:

@@ -39,6 +39,8 @@ from pathlib import Path
 import pandas as pd
 
 from ccmix.config.rules import ConfigError
+from ccmix.experiments.ablation import parse_baseline, report_text
+from ccmix.experiments.grid import parse_grid_arguments
 from ccmix.experiments.locations import notebooks_dir
 from ccmix.experiments.notebook_params import NOTEBOOK_PARAMETERS
 from ccmix.experiments.plan import (
@@ -167,6 +169,8 @@ def run_sweep(
     execute: Callable | None = None,
     python: str | None = None,
     cancel_on_stop: bool = False,
+    grid: dict | None = None,
+    baseline: str | None = None,
 ) -> pd.DataFrame:
     """Train every (method, imb, seed) and return the mean ± std table of the grid beside the published numbers.
 
@@ -184,11 +188,16 @@ def run_sweep(
     ``papermill.execute_notebook``, same keyword arguments). ``python`` is the interpreter of the
     local launcher's processes (default: this one). SIGINT or SIGTERM stops the sweep (see the module
     docstring) and raises SweepInterrupted; ``cancel_on_stop`` then cancels the unfinished SLURM jobs.
+    ``grid`` varies recipe fields over lists of values (``{"omega": [0, 0.1]}``) on top of methods x imbs x
+    seeds; at the end the grid's points are printed with their 95 % CIs over seeds and, with ``baseline``
+    ("field=value"), every point's difference to its baseline point (:mod:`ccmix.experiments.ablation`).
     """
     _check_launcher(launcher, jobs, slurm, cancel_on_stop)
     options = _slurm_options(slurm) if launcher == "slurm" else None
     notebook_path = _train_notebook(notebook) if launcher == "papermill" else None
-    plan = plan_sweep(methods, imbs, seeds, base_params, runs_dir)
+    plan = plan_sweep(methods, imbs, seeds, base_params, runs_dir, grid=grid)
+    if baseline is not None:  # checked before anything runs, against the values the sweep will train
+        parse_baseline(baseline, pd.DataFrame([run.config.to_dict() for run in plan]), runs="planned run")
     runs = Path(runs_dir).expanduser().resolve()
     check_reuse(plan, runs, redo_mismatched)
 
@@ -220,10 +229,11 @@ def run_sweep(
         if stop.requested:
             raise _stopped(stop, to_train, report, runs)
 
-    return _grid_table(plan, runs, report, skipped)
+    return _grid_table(plan, runs, report, skipped, baseline)
 
 
-def _grid_table(plan: list[PlannedRun], runs: Path, report: _SweepReport, skipped: list[str]) -> pd.DataFrame:
+def _grid_table(plan: list[PlannedRun], runs: Path, report: _SweepReport, skipped: list[str],
+                baseline: str | None = None) -> pd.DataFrame:
     """Write results.csv, print the grid's mean ± std table and counts, and return the table (see run_sweep)."""
     write_results(runs)
     grid_results = collect_results([run.out_dir for run in plan if (run.out_dir / "summary.json").is_file()])
@@ -233,6 +243,11 @@ def _grid_table(plan: list[PlannedRun], runs: Path, report: _SweepReport, skippe
                        results_csv=str(runs / "results.csv"))
     if not table.empty:
         print(format_mean_std(table).to_string(), flush=True)
+        try:
+            ablation = report_text(grid_results, baseline)
+        except ConfigError as error:  # e.g. the baseline point failed: the runs are still reported
+            ablation = f"{report_text(grid_results)}\nno comparison with the baseline: {error}"
+        print(ablation, flush=True)
     print(f"{len(executed)} trained, {len(skipped)} skipped, {len(failed)} failed; every run: {runs / 'results.csv'}",
           flush=True)
     return table
@@ -324,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="a train-notebook parameter for every point, value as YAML (repeatable), "
                              "e.g. --param dataset=cifar10 --param 'overrides={topk: 3}'")
+    parser.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
+                        help="vary a recipe field over these values, on top of methods x imbs x seeds (repeatable: "
+                             "the cartesian product), e.g. --grid omega=0,0.0078,0.1 --grid topk=1,3")
+    parser.add_argument("--baseline", default=None, metavar="FIELD=VALUE",
+                        help="compare every grid point with the point that has FIELD=VALUE and the same other values "
+                             "(difference with a 95%% CI), e.g. --baseline omega=0")
     parser.add_argument("--runs-dir", default=defaults["runs_dir"], help="where run folders go")
     parser.add_argument("--launcher", choices=LAUNCHERS, default=defaults["launcher"],
                         help="local processes (default), a SLURM job array through submitit, or papermill")
@@ -367,11 +388,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         imbs = [int(v) if float(v).is_integer() else v for v in _parse_list(args.imbs, float, "imbs")]
         base_params = dict(_parse_param(item) for item in args.param)
+        grid = parse_grid_arguments(args.grid)
         table = run_sweep(
             methods=_parse_list(args.methods, str, "methods"), imbs=imbs, seeds=_parse_list(args.seeds, int, "seeds"),
             base_params=base_params, runs_dir=args.runs_dir, launcher=args.launcher, jobs=args.jobs,
             slurm=_slurm_arguments(args), redo_mismatched=args.redo_mismatched, kernel=args.kernel,
-            notebook=args.notebook, log_output=args.log_output, cancel_on_stop=args.cancel_on_stop,
+            notebook=args.notebook, log_output=args.log_output, cancel_on_stop=args.cancel_on_stop, grid=grid,
+            baseline=args.baseline,
         )
     except (ConfigError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

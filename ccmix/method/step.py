@@ -30,10 +30,12 @@ from ccmix.method import losses
 from ccmix.method.collectives import DistContext, all_reduce_sum, gather_with_grad
 from ccmix.method.cutmix import CutMixBoxes
 from ccmix.method.mixers import CutMix, Mixer, boxes_tensor, build_mixer
+from ccmix.method.semantic_diagnostics import SEMANTIC_SIZE, semantic_sums
 from ccmix.rng import CUTMIX_STREAM, numpy_generator
 
-# Positions in the (5,) float64 tensor of sums a step returns and an epoch accumulates.
-LOSS, LOSS_CE, LOSS_BCL, CORRECT, COUNT = range(5)
+# Positions in the (5,) float64 tensor of sums a step returns and an epoch accumulates; an epoch's reduced sums
+# continue from SEMANTIC with the semantic-label sums of ``ccmix.method.semantic_diagnostics``.
+LOSS, LOSS_CE, LOSS_BCL, CORRECT, COUNT, SEMANTIC = range(6)
 
 
 class TrainingDiverged(RuntimeError):
@@ -70,9 +72,14 @@ def to_memory_format(images: torch.Tensor, config: TrainConfig | None) -> torch.
 
 
 def autocast_context(device: torch.device, config: TrainConfig):
-    """Return bf16 autocast on CUDA when ``config.amp``, else a no-op context."""
+    """Return bf16 autocast on CUDA when ``config.amp``, on the CPU when ``config.cpu_bf16``, else a no-op context.
+
+    ``cpu_bf16`` is checked against the CPU when training starts (``ccmix.train.precision``).
+    """
     if device.type == "cuda" and config.amp:
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and config.cpu_bf16:
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -91,19 +98,38 @@ def draw_mixing(mixer: Mixer, config: TrainConfig, generator: np.random.Generato
 
     ``mixer`` draws on the host for the whole global batch from a generator every rank seeds
     alike; the parameters are then sliced by rank, so the mixing does not depend on the number
-    of processes. Methods that do not mix draw nothing.
+    of processes. Methods that do not mix draw nothing. With ``cutmix_per_micro_batch`` and
+    ``grad_accum_steps`` > 1 it returns a :class:`MicroBatchMixing`: one draw per micro-batch, in order.
     """
     if not config.uses_cutmix:
         return None
-    params = mixer.draw(generator, global_batch, height, width)
+    if config.cutmix_per_micro_batch and config.grad_accum_steps > 1:
+        return MicroBatchMixing(tuple(
+            _rank_share(mixer.draw(generator, global_batch // config.grad_accum_steps, height, width), context)
+            for _ in range(config.grad_accum_steps)))
+    return _rank_share(mixer.draw(generator, global_batch, height, width), context)
+
+
+class MicroBatchMixing(tuple):
+    """This rank's mixing parameters of each micro-batch (``cutmix_per_micro_batch``), None where it is not mixed.
+
+    Micro-batch j holds the global images [j G/g, (j+1) G/g) of a step of G images in g micro-batches
+    (each rank its columns ``rank::world_size`` of them), so its own draw, made for G/g images, is
+    the draw of a run whose step is one micro-batch.
+    """
+
+
+def _rank_share(params, context: DistContext):
     return None if params is None else params[context.rank::context.world_size]
 
 
 def draw_cutmix_boxes(config: TrainConfig, generator: np.random.Generator, global_batch: int, height: int,
                       width: int, context: DistContext) -> CutMixBoxes | None:
     """Return this rank's CutMix boxes (CPU) for one step, or None when the step is not mixed: the draws of
-    the CutMix mixer, whatever ``config.mixer`` (the explorer shows them)."""
-    return draw_mixing(CutMix(config), config, generator, global_batch, height, width, context)
+    the CutMix mixer, whatever ``config.mixer`` (the explorer shows them), one draw for the whole batch
+    even with ``cutmix_per_micro_batch``."""
+    whole_batch = config.replace(cutmix_per_micro_batch=False) if config.cutmix_per_micro_batch else config
+    return draw_mixing(CutMix(config), whole_batch, generator, global_batch, height, width, context)
 
 
 # --------------------------------------------------------------------------- the loss
@@ -118,6 +144,7 @@ class StepResult:
     loss_bcl: torch.Tensor | None  # () detached; None without the contrastive loss
     correct: torch.Tensor  # () int64, train top-1 hits on the unmixed labels
     count: int  # pairs in the batch
+    semantic: torch.Tensor | None = None  # (SEMANTIC_SIZE,) float64 semantic-label sums; None without semantic labels
 
 
 def uses_semantic_labels(config: TrainConfig, epoch: int, mixed: bool) -> bool:
@@ -129,8 +156,10 @@ def uses_semantic_labels(config: TrainConfig, epoch: int, mixed: bool) -> bool:
 def loss_parts(model: torch.nn.Module, view0: torch.Tensor, contrastive: torch.Tensor | None, labels: torch.Tensor,
                foreground: torch.Tensor | None, foreground_labels: torch.Tensor | None, mixing: torch.Tensor | None,
                class_counts: torch.Tensor, *, config: TrainConfig, semantic: bool,
-               context: DistContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Return (loss with its graph, detached CE, detached BCL or None, int64 correct) of one micro-batch.
+               context: DistContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor,
+                                              torch.Tensor | None]:
+    """Return (loss with its graph, detached CE, detached BCL or None, int64 correct, semantic-label sums or
+    None) of one micro-batch; the sums are ``semantic_diagnostics.semantic_sums``, present with semantic labels.
 
     Tensors as in ``StepBatch``; ``mixing`` the device parameters of ``config.mixer``
     (``Mixer.to_device``; CutMix: (4, b) int64 boxes from ``boxes_tensor``) or None when the
@@ -141,7 +170,7 @@ def loss_parts(model: torch.nn.Module, view0: torch.Tensor, contrastive: torch.T
     """
     size = view0.shape[0]
     num_classes = class_counts.numel()
-    target, lam, mixer = labels, None, None
+    target, lam, mixer, diagnostics = labels, None, None, None
     with autocast_context(view0.device, config):
         if mixing is not None:
             mixer = build_mixer(config)
@@ -165,14 +194,17 @@ def loss_parts(model: torch.nn.Module, view0: torch.Tensor, contrastive: torch.T
                 )
                 # Per-sample mixing: an image drawn not to mix (CutMix: an empty box) keeps its hard label, since
                 # semantic labels are for mixed images. One draw per batch labels the whole batch, as published.
-                target = torch.where((lam < 1.0).unsqueeze(1), blended, target) if mixer.per_sample else blended
+                area, blends = target, (lam < 1.0) if mixer.per_sample else torch.ones_like(lam, dtype=torch.bool)
+                target = torch.where(blends.unsqueeze(1), blended, target) if mixer.per_sample else blended
+                diagnostics = semantic_sums(output.embedding_raw[:size].float(), output.centers_raw.float(), area,
+                                            target, labels, foreground_labels, blends, class_counts, config)
         else:
             logits = _classify(model, to_memory_format(view0, config)).float()
         loss_ce = losses.logit_adjusted_ce(logits, target, class_counts, tau, check_values=False)
         loss = config.alpha * loss_ce + config.beta * loss_bcl if config.uses_contrastive else loss_ce
     with torch.no_grad():
         correct = (logits.argmax(dim=1) == labels).sum()
-    return loss, loss_ce.detach(), None if loss_bcl is None else loss_bcl.detach(), correct
+    return loss, loss_ce.detach(), None if loss_bcl is None else loss_bcl.detach(), correct, diagnostics
 
 
 def compute_step_loss(
@@ -195,11 +227,12 @@ def compute_step_loss(
     """
     context = context or DistContext()
     device = batch.view0.device
-    loss, loss_ce, loss_bcl, correct = loss_function(
+    loss, loss_ce, loss_bcl, correct, semantic = loss_function(
         model, batch.view0, batch.contrastive, batch.labels, batch.foreground, batch.foreground_labels,
         None if mixing is None else build_mixer(config).to_device(mixing, device), class_counts, config=config,
         semantic=uses_semantic_labels(config, epoch, mixing is not None), context=context)
-    return StepResult(loss=loss, loss_ce=loss_ce, loss_bcl=loss_bcl, correct=correct, count=batch.size)
+    return StepResult(loss=loss, loss_ce=loss_ce, loss_bcl=loss_bcl, correct=correct, count=batch.size,
+                      semantic=semantic)
 
 
 def _classify(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -256,12 +289,14 @@ def step_loss_function(config: TrainConfig, device: torch.device, context: DistC
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: StepBatch, config: TrainConfig,
                epoch: int, class_counts: torch.Tensor, mixing_rng: np.random.Generator,
-               context: DistContext | None = None, loss_function=loss_parts) -> torch.Tensor:
+               context: DistContext | None = None, loss_function=loss_parts,
+               semantic_totals: torch.Tensor | None = None) -> torch.Tensor:
     """Take one optimizer step on ``batch`` and return its sums, a detached (5,) float64 device tensor.
 
     The sums are indexed by LOSS, LOSS_CE, LOSS_BCL (each loss times the pairs it covers),
-    CORRECT and COUNT. ``config.mixer`` draws from ``mixing_rng`` for the global batch; with
-    ``config.grad_accum_steps`` > 1 the batch is split into micro-batches whose gradients add
+    CORRECT and COUNT. ``semantic_totals``, a (SEMANTIC_SIZE,) float64 device tensor (``EpochTotals.semantic``),
+    gets the step's semantic-label sums added in place. ``config.mixer`` draws from
+    ``mixing_rng`` for the global batch; with ``config.grad_accum_steps`` > 1 the batch is split into micro-batches whose gradients add
     up (DDP synchronises only after the last one). Nothing is read back from the device.
     ``loss_function``: see ``step_loss_function``.
     """
@@ -285,6 +320,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
         sums[:CORRECT] += parts_sum * result.count
         sums[CORRECT] += result.correct
         sums[COUNT] += result.count
+        if result.semantic is not None and semantic_totals is not None:
+            semantic_totals += result.semantic
     optimizer.step()
     return sums
 
@@ -294,6 +331,8 @@ def _split(batch: StepBatch, mixing, parts: int) -> list[tuple[StepBatch, object
     if parts == 1:
         return [(batch, mixing)]
     chunk = math.ceil(batch.size / parts)
+    if isinstance(mixing, MicroBatchMixing):  # one draw per micro-batch already
+        return [(batch[start:start + chunk], own) for start, own in zip(range(0, batch.size, chunk), mixing)]
     return [(batch[start:start + chunk], None if mixing is None else mixing[start:start + chunk])
             for start in range(0, batch.size, chunk)]
 
@@ -311,6 +350,7 @@ class EpochTotals:
 
     def __init__(self, device: torch.device):
         self.sums = torch.zeros(5, dtype=torch.float64, device=device)  # indexed by LOSS ... COUNT
+        self.semantic = torch.zeros(SEMANTIC_SIZE, dtype=torch.float64, device=device)  # train_step adds to it
         # 0-based step and mean loss of the first non-finite step on this process (inf: none yet)
         self.first_bad = torch.full((2,), math.inf, dtype=torch.float64, device=device)
         self.steps = 0  # steps added
@@ -325,8 +365,9 @@ class EpochTotals:
         self.steps += 1
 
     def check(self, epoch: int, context: DistContext) -> dict:
-        """Return {"loss", "top1"} of the steps so far on this process; raise TrainingDiverged when a loss since
-        the last check was non-finite on any process (0-based ``epoch``). One read of the device."""
+        """Return {"loss", "top1", "count"} of the steps so far on this process (count: pairs); raise
+        TrainingDiverged when a loss since the last check was non-finite on any process (0-based ``epoch``).
+        One read of the device."""
         local_bad = torch.isfinite(self.first_bad[:1]).to(torch.float64)  # a first non-finite step was recorded
         any_bad = all_reduce_sum(local_bad.clone(), context)
         values = torch.cat([self.sums, any_bad, local_bad, self.first_bad]).tolist()
@@ -340,15 +381,16 @@ class EpochTotals:
             raise TrainingDiverged(f"the training loss became{where}; training stopped and the last good checkpoint "
                                    "was kept (try a lower lr)")
         count = max(count, 1.0)
-        return {"loss": loss / count, "top1": 100.0 * correct / count}
+        return {"loss": loss / count, "top1": 100.0 * correct / count, "count": count}
 
     def reduced(self, context: DistContext) -> torch.Tensor:
-        """Return the (5,) sums over every process, on the CPU (read once, at the end of the epoch)."""
-        return all_reduce_sum(self.sums.clone(), context).cpu()
+        """Return the (5 + SEMANTIC_SIZE,) sums over every process, on the CPU (read once, at the end of the epoch):
+        the step sums, then from SEMANTIC on the semantic-label sums."""
+        return all_reduce_sum(torch.cat([self.sums, self.semantic]), context).cpu()
 
 
 __all__ = [
     "CompiledLoss", "EpochTotals", "StepResult", "TrainingDiverged", "autocast_context", "boxes_tensor",
     "build_optimizer", "compute_step_loss", "cutmix_generator", "draw_cutmix_boxes", "draw_mixing",
-    "learning_rate", "loss_parts", "step_loss_function", "to_memory_format", "train_step", "uses_semantic_labels"
+    "learning_rate", "loss_parts", "MicroBatchMixing", "step_loss_function", "to_memory_format", "train_step", "uses_semantic_labels"
 ]

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from tqdm.auto import tqdm
@@ -31,12 +32,14 @@ from ccmix.data.datasets import build_datasets
 from ccmix.data.pipelines.build import build_train_pipeline, resolve_pipeline
 from ccmix.method.collectives import DistContext
 from ccmix.method.mixers import check_mixer
+from ccmix.method.semantic_diagnostics import semantic_record
 from ccmix.method.step import (
     CORRECT,
     COUNT,
     LOSS,
     LOSS_BCL,
     LOSS_CE,
+    SEMANTIC,
     EpochTotals,
     TrainingDiverged,
     build_optimizer,
@@ -47,9 +50,11 @@ from ccmix.method.step import (
     loss_parts,
     step_loss_function,
     train_step,
+    uses_semantic_labels,
 )
 from ccmix.rng import restore_rng_state, rng_state, seed_everything
 from ccmix.train import checkpoint as ckpt
+from ccmix.train.console import show_bars
 from ccmix.train.distributed import (
     all_gather_objects,
     barrier,
@@ -73,6 +78,8 @@ from ccmix.train.evaluation import (
 )
 from ccmix.train.guard import Guard, guarded_run
 from ccmix.train.interrupt import check_step_boundary
+from ccmix.train.loggers import check_logger, open_run_log
+from ccmix.train.precision import check_cpu_bf16
 from ccmix.train.report import start_run_report
 from ccmix.train.run_folder import Resumed, RunFolder, load_run_config, shot_record
 from ccmix.train.segments import record_segment, runtime_facts
@@ -82,10 +89,12 @@ from ccmix.train.segments import record_segment, runtime_facts
 
 def train_one_epoch(model, pipeline, optimizer, config: TrainConfig, epoch: int, class_counts: torch.Tensor,
                     device: torch.device, context: DistContext | None = None, progress: bool = True,
-                    on_step: Callable[[], None] | None = None, loss_function=loss_parts) -> dict:
+                    on_step: Callable[[], None] | None = None, loss_function=loss_parts,
+                    on_read: Callable[[int, dict], None] | None = None) -> dict:
     """Train one epoch (0-based) and return its mean losses, train top-1 (%) and samples/s.
 
-    ``on_step`` is called after each step (``ccmix.train.report.RunReporter.step_done`` times the first ones);
+    ``on_step`` is called after each step (``ccmix.train.report.RunReporter.step_done`` times the first ones),
+    ``on_read(step, running)`` at each read of the device (``ccmix.train.loggers.RunLog.step_read``);
     ``loss_function`` is ``ccmix.method.step.step_loss_function(config, ...)``, compiled or not. Between
     logging steps (every ``config.log_every`` steps) nothing is read back from the device: the
     finiteness of the losses and the progress bar's figures are read there and at the end.
@@ -100,27 +109,33 @@ def train_one_epoch(model, pipeline, optimizer, config: TrainConfig, epoch: int,
     steps = pipeline.steps_per_epoch
     started = time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-               disable=not (progress and context.is_main))
+               disable=not show_bars(progress, context.is_main))
     for step, batch in enumerate(pipeline.batches(epoch, rank=context.rank, world_size=context.world_size)):
         if step >= steps:
             break
         check_step_boundary(context, epoch + 1, step + 1)  # SIGINT / SIGTERM stop here, between two steps
         totals.add(train_step(model, optimizer, batch, config, epoch, class_counts, cutmix_rng, context,
-                              loss_function=loss_function))
+                              loss_function=loss_function, semantic_totals=totals.semantic))
         bar.update(1)
         if on_step is not None:
             on_step()
         if (step + 1) % config.log_every == 0:
             running = totals.check(epoch, context)  # every rank, so the non-finite flags can be summed
             bar.set_postfix(loss=f"{running['loss']:.3f}", acc=f"{running['top1']:.1f}")
+            if on_read is not None:
+                on_read(step + 1, running)
     bar.close()
     if totals.steps > totals.checked:
-        totals.check(epoch, context)
+        running = totals.check(epoch, context)
+        if on_read is not None:
+            on_read(totals.steps, running)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
     totals = totals.reduced(context)
     count = max(float(totals[COUNT]), 1.0)
+    # semantic_* fields only where semantic labels are in use (concutmix after l_d_warm), never as zeros
+    semantic = semantic_record(totals[SEMANTIC:]) if uses_semantic_labels(config, epoch, mixed=True) else {}
     return {
         "lr": lr,
         "loss": float(totals[LOSS]) / count,
@@ -129,6 +144,7 @@ def train_one_epoch(model, pipeline, optimizer, config: TrainConfig, epoch: int,
         "train_top1": 100.0 * float(totals[CORRECT]) / count,
         "train_seconds": seconds,
         "samples_per_second": float(totals[COUNT]) / seconds if seconds > 0 else None,
+        **semantic,
     }
 
 
@@ -155,8 +171,11 @@ class _Progress:
 
 
 def fit(config: TrainConfig, out_dir: str | os.PathLike, preset: str | None = None,
-        allow_more_epochs: bool = False) -> dict:
+        allow_more_epochs: bool = False, on_epoch: Sequence[Callable[[dict], None]] | None = None) -> dict:
     """Train ``config`` into the run folder ``out_dir`` (resuming when it holds last.pt) and return the summary.
+
+    ``on_epoch``: callables that rank 0 calls with each epoch's metrics.jsonl record once it is saved
+    (``ccmix.notebook.live.LiveCurves.update`` redraws a notebook's curves with it).
 
     The folder is owned while training (``ccmix.train.guard``): a second training into it is
     refused, a finished run is reported without being rewritten, other settings are refused
@@ -165,18 +184,21 @@ def fit(config: TrainConfig, out_dir: str | os.PathLike, preset: str | None = No
     """
     config = validate(config)
     check_mixer(config)  # the registry of mixers lives with the step, above the config's own checks
+    check_logger(config)  # logger=wandb without the package: one sentence before any data is read
     context = _join_processes(config)
     try:
+        check_cpu_bf16(config, context.device)
         folder = RunFolder(out_dir, writer=context.is_main)
         with guarded_run(folder, config, context, allow_more_epochs=allow_more_epochs) as guard:
             if guard.completed is not None:
                 return guard.completed
-            return _train(config, folder, guard, context, preset)
+            return _train(config, folder, guard, context, preset, on_epoch or ())
     finally:
         cleanup(context)
 
 
-def _train(config: TrainConfig, folder: RunFolder, guard: Guard, context: DistContext, preset: str | None) -> dict:
+def _train(config: TrainConfig, folder: RunFolder, guard: Guard, context: DistContext, preset: str | None,
+           on_epoch: Sequence[Callable[[dict], None]] = ()) -> dict:
     """Train (or resume) into ``folder``, owned through ``guard``, and return the summary."""
     device = context.device
     train, test = _load_datasets(config, context)
@@ -190,7 +212,7 @@ def _train(config: TrainConfig, folder: RunFolder, guard: Guard, context: DistCo
                             data=identity)
     progress = _Progress.of(resumed)
     _agree_on_start(progress.epoch, folder, context)
-    _announce_resume(resumed, folder, config, context)
+    _announce_resume(resumed, folder, config, context, guard.unrecorded_stop)
     training_model = wrap_for_training(model, config, context, sync_bn=sync_bn)
     loss_function = step_loss_function(config, device, context)  # compiled once per run when config.compile
     pipeline = build_train_pipeline(train, config, device)
@@ -210,24 +232,28 @@ def _train(config: TrainConfig, folder: RunFolder, guard: Guard, context: DistCo
     def evaluate_model() -> dict:
         return evaluate_distributed(model, test_loader, device, train.class_counts, config, context)
 
+    run_log = open_run_log(config, folder.path, context.is_main, pipeline.steps_per_epoch, progress.epoch)
     bar = tqdm(range(progress.epoch, config.epochs), desc="training", initial=progress.epoch,
-               total=config.epochs, disable=not (config.progress and context.is_main))
+               total=config.epochs, disable=not show_bars(config.progress, context.is_main))
     try:
         for epoch in bar:
             started = time.perf_counter()
             record = train_one_epoch(training_model, pipeline, optimizer, config, epoch, class_counts, device,
                                      context, progress=config.progress,
                                      on_step=report.step_done if report is not None else None,
-                                     loss_function=loss_function)
+                                     loss_function=loss_function, on_read=partial(run_log.step_read, epoch))
             _check_finite_state(model, epoch, pipeline.steps_per_epoch)  # never checkpoint broken weights
             evaluated = epoch + 1 == config.epochs or (epoch + 1) % config.eval_interval == 0
             metrics = evaluate_model() if evaluated else None
             improved = _record_epoch(progress, record, metrics, epoch, time.perf_counter() - started)
             if report is not None:
                 report.epoch_done(progress.history[-1])
+            run_log.epoch_done(progress.history[-1], progress.best)  # on disk before the checkpoint that holds it
             payload = _checkpoint_payload(config, model, optimizer, progress, num_classes, train, context, identity)
             folder.save_epoch(payload, progress.history, improved,
                               folder.summary("running", progress.epoch, progress.best, progress.train_seconds))
+            for callback in on_epoch if context.is_main else ():
+                callback(progress.history[-1])
             if metrics is not None:
                 bar.set_postfix(top1=f"{metrics['top1']:.2f}", best=f"{progress.best['top1']:.2f}")
             barrier(context)
@@ -235,6 +261,7 @@ def _train(config: TrainConfig, folder: RunFolder, guard: Guard, context: DistCo
         raise _diverged(error, folder, progress) from None
     finally:
         bar.close()
+        run_log.close()
 
     if progress.last_metrics is None:  # resumed a run whose last epoch was already trained: evaluate it again
         progress.last_metrics = evaluate_model()
@@ -255,7 +282,7 @@ def _join_processes(config: TrainConfig) -> DistContext:
         raise ConfigError(str(error)) from None
     if context.enabled:
         try:
-            check_world_size(config.batch_size, config.grad_accum_steps, context.world_size)
+            check_world_size(config.batch_size, config.grad_accum_steps, context.world_size, config.bn_chunks)
         except ValueError as error:
             cleanup(context)
             raise ConfigError(str(error)) from None
@@ -281,7 +308,7 @@ def _load_datasets(config: TrainConfig, context: DistContext):
 
 def _build_model(config: TrainConfig, num_classes: int, context: DistContext) -> tuple[torch.nn.Module, bool]:
     """Return (the model on the device, whether its BatchNorm is synchronised over processes)."""
-    model = build_run_model(config, num_classes, with_pretrained=True).to(context.device)
+    model = build_run_model(config, num_classes, with_pretrained=True, processes=context.world_size).to(context.device)
     if context.device.type == "cuda" and config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return synchronise_batchnorm(model, config, context)
@@ -297,8 +324,12 @@ def _agree_on_start(start_epoch: int, folder: RunFolder, context: DistContext) -
         )
 
 
-def _announce_resume(resumed: Resumed | None, folder: RunFolder, config: TrainConfig, context: DistContext) -> None:
-    """Say where a resumed run continues (rank 0, when progress is shown)."""
+def _announce_resume(resumed: Resumed | None, folder: RunFolder, config: TrainConfig, context: DistContext,
+                     unrecorded_stop: str | None = None) -> None:
+    """Say where a resumed run continues (rank 0, when progress is shown), after the line saying that its previous
+    trainer stopped without recording it, when it did (``Guard.unrecorded_stop``; shown always)."""
+    if unrecorded_stop is not None and context.is_main:
+        tqdm.write(unrecorded_stop)
     if resumed is not None and context.is_main and config.progress:
         tqdm.write(f"resuming {str(folder.path)!r} from {resumed.path.name} after epoch {resumed.epoch} of "
                    f"{config.epochs}")
