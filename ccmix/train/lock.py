@@ -15,7 +15,7 @@ open file description that fork shares, so such workers kept a killed trainer's 
 locked for seconds.) Its one trap: a process drops its POSIX locks on a file when it
 closes *any* descriptor of that file. So nothing in the holding process opens the lock
 file: the locks this process holds are kept in a registry, and every reader here
-(:func:`live_holder`, :func:`read_holder`) answers from it. Readers in other processes
+(:func:`live_holder`) answers from it. Readers in other processes
 learn whether a run is alive without taking the lock (``F_GETLK`` reports a conflicting
 lock and its owner's pid), so a reader never makes a starting trainer be refused.
 
@@ -206,26 +206,6 @@ def live_holder(folder: str | os.PathLike) -> dict | None:
             os.close(descriptor)
 
 
-def read_holder(path: str | os.PathLike) -> dict:
-    """Return what the lock file at ``path`` says about its holder (pid, host, started, command), {} if unreadable.
-
-    The record may be a dead holder's: :func:`live_holder` tells whether it is alive.
-    """
-    path = Path(path)
-    with _held_guard:
-        mine = _held_here(path)
-        if mine is not None:
-            return dict(mine.record)
-        try:
-            descriptor = os.open(path, os.O_RDONLY)
-        except OSError:
-            return {}
-        try:
-            return _read_record(descriptor)
-        finally:
-            os.close(descriptor)
-
-
 def describe_holder(holder: dict) -> str:
     """Return a phrase such as ``process 1234 on host node7 (since 2026-01-02 10:00:00)``."""
     if not holder.get("pid"):
@@ -320,4 +300,4 @@ def _command() -> str:
     return shlex.join(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
 
 
-__all__ = ["LOCK_NAME", "RunFolderBusy", "RunFolderLock", "live_holder", "read_holder", "describe_holder"]
+__all__ = ["LOCK_NAME", "RunFolderBusy", "RunFolderLock", "live_holder", "describe_holder"]
