@@ -22,8 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from ccmix.errors import ShownAsSentence
-from ccmix.train.interrupt import stop_signals_to
+from ccmix.train.interrupt import Interrupted, stop_signals_to
 
 GRACE_SECONDS = 30.0  # how long stopped runs get to reach a step boundary and record their status
 LEFTOVER_SECONDS = 5.0  # how long a stopped run's own children (data workers) get to follow it
@@ -62,19 +61,10 @@ class SweepStop:
         return signal.Signals(self.signal_number or signal.SIGINT).name
 
 
-class SweepInterrupted(ShownAsSentence, KeyboardInterrupt):
-    """The sweep stopped on SIGINT or SIGTERM; ``exit_status`` is 128 + the signal number."""
+class SweepInterrupted(Interrupted):
+    """The sweep stopped on SIGINT or SIGTERM."""
 
-    def __init__(self, message: str, signal_number: int):
-        super().__init__(message)
-        self.signal_number = signal_number
-        self.exit_status = 128 + signal_number
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "the sweep was interrupted"
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"interrupted: {self}"]
+    default_message = "the sweep was interrupted"
 
 
 @contextlib.contextmanager

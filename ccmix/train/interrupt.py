@@ -26,8 +26,10 @@ from ccmix.errors import ShownAsSentence
 STOP_SIGNALS = ("SIGINT", "SIGTERM")
 
 
-class TrainingInterrupted(ShownAsSentence, KeyboardInterrupt):
-    """Training stopped at a step boundary on SIGINT or SIGTERM; ``exit_status`` is 128 + the signal number."""
+class Interrupted(ShownAsSentence, KeyboardInterrupt):
+    """A stop on SIGINT or SIGTERM, shown as ``interrupted: <sentence>``; ``exit_status`` is 128 + the signal number."""
+
+    default_message = "the command was interrupted"
 
     def __init__(self, message: str, signal_number: int):
         super().__init__(message)
@@ -35,10 +37,16 @@ class TrainingInterrupted(ShownAsSentence, KeyboardInterrupt):
         self.exit_status = 128 + signal_number
 
     def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "training was interrupted"
+        return str(self.args[0]) if self.args else self.default_message
 
     def _render_traceback_(self) -> list[str]:
         return [f"interrupted: {self}"]
+
+
+class TrainingInterrupted(Interrupted):
+    """Training stopped at a step boundary on SIGINT or SIGTERM."""
+
+    default_message = "training was interrupted"
 
 
 class StopRequests:
@@ -134,4 +142,4 @@ def check_step_boundary(context=None, epoch: int | None = None, step: int | None
     raise TrainingInterrupted(f"training was interrupted by {signal.Signals(number).name}{where}", number)
 
 
-__all__ = ["TrainingInterrupted", "StopRequests", "stop_requests", "stop_signals_to", "active", "check_step_boundary"]
+__all__ = ["Interrupted", "TrainingInterrupted", "StopRequests", "stop_requests", "stop_signals_to", "active", "check_step_boundary"]
