@@ -81,6 +81,34 @@ def folder_state(folder: Path) -> dict[str, str]:
             if p.is_file() and p.name != ".ccmix.lock"}
 
 
+TIMING_KEYS = ("seconds", "samples_per_second")  # wall-clock values: the only ones allowed to differ between runs
+
+
+def metric_records(run_dir: Path) -> list[dict]:
+    """Return metrics.jsonl's records without their wall-clock fields."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """Return the epoch recorded in a checkpoint file."""
+    import torch  # here: the subprocess helpers above need no torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+
+
+def model_hash(path: Path) -> str:
+    """Return a SHA-256 over the names and exact bytes of a checkpoint's model tensors."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def read_summary(folder: Path) -> dict:
     """Return summary.json of ``folder``."""
     return json.loads((folder / "summary.json").read_text())

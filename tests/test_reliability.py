@@ -7,7 +7,6 @@ so the whole file stays around a minute on two CPU cores.
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from run_helpers import checkpoint_epoch, metric_records, model_hash
 
 from ccmix.cli import main
 from ccmix.config.fields import TrainConfig
@@ -29,7 +29,6 @@ from ccmix.train.fit import fit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HELPER = Path(__file__).resolve().parent / "slow_save_sitecustomize.py"
-TIMING_KEYS = ("seconds", "samples_per_second")  # wall-clock values: the only ones allowed to differ between runs
 
 # The kill-and-resume run: both sample streams, CutMix, an LR warm-up and a step decay, evaluation every
 # second epoch (so best.pt is written at some epochs and not at others).
@@ -93,27 +92,6 @@ def kill(process: subprocess.Popen) -> None:
     assert process.returncode == -signal.SIGKILL
 
 
-def checkpoint_epoch(path: Path) -> int:
-    """Return the epoch recorded in a checkpoint file."""
-    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
-
-
-def parameter_hash(path: Path) -> str:
-    """Return a SHA-256 over the names and exact bytes of a checkpoint's model tensors."""
-    state = torch.load(path, map_location="cpu", weights_only=True)["model"]
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        digest.update(name.encode())
-        digest.update(state[name].contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def metric_records(run_dir: Path) -> list[dict]:
-    """Return metrics.jsonl's records without their wall-clock fields."""
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
-
-
 def stale_temporaries(run_dir: Path) -> list[str]:
     """Return the names of half-written temporary files in ``run_dir``."""
     return sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp"))
@@ -172,9 +150,9 @@ def test_sigkill_mid_epoch_and_mid_checkpoint_write_then_resume_matches_an_unint
     assert got["final"] == expected["final"] and got["best"] == expected["best"]
     assert metric_records(resumed_dir) == metric_records(baseline_dir)  # epochs 1..4 once each, same losses
     assert [r["epoch"] for r in metric_records(resumed_dir)] == [1, 2, 3, 4]
-    assert parameter_hash(resumed_dir / "last.pt") == parameter_hash(baseline_dir / "last.pt")
+    assert model_hash(resumed_dir / "last.pt") == model_hash(baseline_dir / "last.pt")
     for name in ("best.pt", "previous.pt"):
-        assert parameter_hash(resumed_dir / name) == parameter_hash(baseline_dir / name), name
+        assert model_hash(resumed_dir / name) == model_hash(baseline_dir / name), name
     assert (resumed_dir / "per_class.csv").read_text() == (baseline_dir / "per_class.csv").read_text()
     with np.load(resumed_dir / "predictions.npz") as a, np.load(baseline_dir / "predictions.npz") as b:
         assert np.array_equal(a["preds"], b["preds"])
@@ -223,7 +201,7 @@ def test_an_epoch_depends_only_on_seed_and_epoch_not_on_global_random_state(pipe
 def test_a_damaged_or_missing_last_checkpoint_falls_back_to_previous_and_retrains_the_lost_epoch_identically(
         tmp_path, damage):
     first = fit(tiny_config(), tmp_path)
-    first_records, first_hash = metric_records(tmp_path), parameter_hash(tmp_path / "last.pt")
+    first_records, first_hash = metric_records(tmp_path), model_hash(tmp_path / "last.pt")
     last = tmp_path / "last.pt"
     if damage == "truncated":
         last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
@@ -244,7 +222,7 @@ def test_a_damaged_or_missing_last_checkpoint_falls_back_to_previous_and_retrain
     assert checkpoint_epoch(tmp_path / "previous.pt") == 1 and checkpoint_epoch(last) == 2
     # epoch 2 retrained from epoch 1's checkpoint: the same numbers and weights, no duplicated line
     assert metric_records(tmp_path) == first_records and [r["epoch"] for r in first_records] == [1, 2]
-    assert parameter_hash(last) == first_hash
+    assert model_hash(last) == first_hash
     assert again["final"] == first["final"] and again["status"] == "completed"
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from run_helpers import helper_env, run_cli, start_cli, train_argv, wait_until
+from run_helpers import helper_env, metric_records, run_cli, start_cli, train_argv, wait_until
 
 from ccmix.experiments.results import run_row
 from ccmix.notebook.viz_runs import run_problem
@@ -238,7 +238,6 @@ def test_a_running_summary_with_a_live_holder_reads_as_running(tmp_path):
 
 # the tiny run with two DataLoader workers, evaluated every epoch
 WORKER_RUN = ("num_workers=2", "arch=tiny", "method=cutmix", "epochs=2", "eval_interval=1")
-TIMING_KEYS = ("seconds", "samples_per_second")
 KILL_MOMENTS = {  # helper settings that stop the trainer at the moment (see slow_save_sitecustomize.py)
     "during-the-first-epoch": {"PAUSE_AT_STEP": "1"},
     "during-evaluation": {"PAUSE_IN_EVALUATION": "2"},  # epoch 2's evaluation: epoch 1 is saved
@@ -248,8 +247,7 @@ KILL_MOMENTS = {  # helper settings that stop the trainer at the moment (see slo
 
 def _outcome(folder: Path) -> tuple[list[dict], dict]:
     """Return (metrics.jsonl records without timings, summary's final and best) of a finished run."""
-    records = [{key: value for key, value in json.loads(line).items() if key not in TIMING_KEYS}
-               for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    records = metric_records(folder)
     summary = json.loads((folder / "summary.json").read_text())
     return records, {key: summary[key] for key in ("status", "final", "best", "epochs_completed")}
 

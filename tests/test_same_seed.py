@@ -20,6 +20,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from run_helpers import metric_records
 
 from ccmix.config.fields import TrainConfig
 from ccmix.data.datasets import build_datasets
@@ -28,8 +29,6 @@ from ccmix.data.pipelines.fast import FastTrainPipeline
 from ccmix.train.fit import fit
 from ccmix.train.run_folder import RunFolder
 from ccmix.train.segments import SEGMENTS, record_segment
-
-TIMING_KEYS = ("seconds", "samples_per_second")  # wall-clock values: the only ones allowed to differ between runs
 
 
 def tiny_config(**changes) -> TrainConfig:
@@ -97,10 +96,8 @@ def test_each_process_builds_the_views_of_its_columns_of_the_global_batch(train_
 
 
 def read_run(out) -> tuple[list[dict], dict]:
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    metrics = [{k: v for k, v in line.items() if k not in TIMING_KEYS} for line in lines]
     summary = json.loads((out / "summary.json").read_text())
-    return metrics, {k: summary[k] for k in ("final", "best", "epochs_completed", "status")}
+    return metric_records(out), {k: summary[k] for k in ("final", "best", "epochs_completed", "status")}
 
 
 @pytest.mark.integration  # two runs, one with worker processes: several seconds

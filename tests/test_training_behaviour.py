@@ -8,7 +8,6 @@ top-1 of each epoch, ``scripted`` replaces only that number and keeps the real e
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import random
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from run_helpers import checkpoint_epoch, metric_records, model_hash
 
 from ccmix.config.fields import TrainConfig
 from ccmix.data.datasets import build_datasets
@@ -36,7 +36,6 @@ from ccmix.train.evaluation import (
 from ccmix.train.fit import fit
 from ccmix.train.interrupt import TrainingInterrupted
 
-TIMING_KEYS = ("seconds", "samples_per_second")  # wall-clock values: the only ones allowed to differ between runs
 CPU = torch.device("cpu")
 REAL_TRAIN_ONE_EPOCH = engine.train_one_epoch
 REAL_EVALUATE_DISTRIBUTED = evaluation.evaluate_distributed
@@ -54,27 +53,6 @@ def tiny_config(**changes) -> TrainConfig:
                        method="la", topk=3, warmup_epochs=0, milestones=(), lr=0.05, progress=False,
                        max_steps_per_epoch=2, seed=1, device="cpu", arch="tiny")
     return base.replace(**changes)
-
-
-def metric_records(run_dir: Path) -> list[dict]:
-    """Return metrics.jsonl's records without their wall-clock fields."""
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
-
-
-def checkpoint_epoch(path: Path) -> int:
-    """Return the epoch recorded in a checkpoint file."""
-    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
-
-
-def model_hash(path: Path) -> str:
-    """Return a SHA-256 over the names and exact bytes of a checkpoint's model tensors."""
-    state = torch.load(path, map_location="cpu", weights_only=True)["model"]
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        digest.update(name.encode())
-        digest.update(state[name].contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- scripted runs
