@@ -122,13 +122,13 @@ def test_semantic_labels_start_after_epoch_l_d_warm(monkeypatch):
     from ccmix.models.bcl import build_model
 
     calls = []
-    original = losses.semantic_label
+    original = losses.semantic_label_parts
 
     def recording(*args, **kwargs):
         calls.append(kwargs.get("topk"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(losses, "semantic_label", recording)
+    monkeypatch.setattr(losses, "semantic_label_parts", recording)
     config = tiny_config(method="concutmix", synthetic_classes=4, l_d_warm=3, cutmix_prob=1.0, topk=2)
     model = build_model("tiny", 4)
     counts = torch.tensor([40.0, 20.0, 10.0, 4.0])

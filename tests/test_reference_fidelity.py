@@ -325,8 +325,8 @@ def test_semantic_labels_start_after_epoch_l_d_warm(monkeypatch):
     import ccmix.method.step as step
 
     calls = []
-    real = losses.semantic_label
-    monkeypatch.setattr(losses, "semantic_label", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    real = losses.semantic_label_parts
+    monkeypatch.setattr(losses, "semantic_label_parts", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
     config = TrainConfig(dataset="synthetic", synthetic_classes=4, batch_size=4, feat_dim=8, topk=2, l_d_warm=3)
     torch.manual_seed(0)
     model = build_model("resnet32", 4, feat_dim=8)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 
 from ccmix.config.fields import TrainConfig
-from ccmix.method import losses
 
 SHOT_GROUPS = ("many", "medium", "few")
 # Per shot group, in this order: mixed images, sum of ρ·ω, argmax changed, top on foreground, top on background.
@@ -35,25 +34,23 @@ def shot_group_index(class_counts: torch.Tensor, many_threshold: int, few_thresh
 
 
 @torch.no_grad()
-def semantic_sums(embedding: torch.Tensor, centers: torch.Tensor, area_label: torch.Tensor, label: torch.Tensor,
-                  labels: torch.Tensor, foreground_labels: torch.Tensor, blended: torch.Tensor,
-                  class_counts: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+def semantic_sums(parts: dict[str, torch.Tensor], label: torch.Tensor, labels: torch.Tensor,
+                  foreground_labels: torch.Tensor, blended: torch.Tensor, class_counts: torch.Tensor,
+                  config: TrainConfig) -> torch.Tensor:
     """Return the (SEMANTIC_SIZE,) float64 device sums of one micro-batch's semantic labels, group-major.
 
-    embedding (b, D) and centers (C, D) unnormalised, as ``losses.semantic_label`` takes them;
-    area_label (b, C) y_area and label (b, C) the training label y; labels and foreground_labels
-    (b,) int64 the background's and foreground's classes; blended (b,) bool, the images whose label
-    the semantic label blends (the others add nothing); class_counts (C,) training images per class.
-    Device operations only: nothing is read back.
+    parts: what ``losses.semantic_label_parts`` returned for the micro-batch (similarity_label and
+    area_label (b, C), weight (b,)), the step's own computation, not repeated here; label (b, C) the
+    training label y; labels and foreground_labels (b,) int64 the background's and foreground's
+    classes; blended (b,) bool, the images whose label the semantic label blends (the others add
+    nothing); class_counts (C,) training images per class. Device operations only: nothing is read back.
     """
-    parts = losses.semantic_label_parts(embedding, centers, area_label, class_counts, topk=config.topk,
-                                        omega=config.omega, check_values=False)
     semantic_top = parts["similarity_label"].argmax(dim=1)
     top_foreground = semantic_top == foreground_labels
     per_image = torch.stack([
         torch.ones_like(parts["weight"], dtype=torch.float64),
         parts["weight"].double(),
-        (area_label.argmax(dim=1) != label.argmax(dim=1)).double(),
+        (parts["area_label"].argmax(dim=1) != label.argmax(dim=1)).double(),
         top_foreground.double(),
         ((semantic_top == labels) & ~top_foreground).double(),
     ], dim=1) * blended.double()[:, None]  # (b, FIELDS_PER_GROUP)

@@ -188,16 +188,16 @@ def loss_parts(model: torch.nn.Module, view0: torch.Tensor, contrastive: torch.T
                 all_embedding, output.centers.float(), all_labels, temperature=config.temperature, check_values=False
             )
             if semantic:
-                blended = losses.semantic_label(
+                parts = losses.semantic_label_parts(
                     output.embedding_raw[:size].float(), output.centers_raw.float(), target, class_counts,
                     topk=config.topk, omega=config.omega, check_values=False,
                 )
                 # Per-sample mixing: an image drawn not to mix (CutMix: an empty box) keeps its hard label, since
                 # semantic labels are for mixed images. One draw per batch labels the whole batch, as published.
-                area, blends = target, (lam < 1.0) if mixer.per_sample else torch.ones_like(lam, dtype=torch.bool)
+                blends = (lam < 1.0) if mixer.per_sample else torch.ones_like(lam, dtype=torch.bool)
+                blended = parts["label"]
                 target = torch.where(blends.unsqueeze(1), blended, target) if mixer.per_sample else blended
-                diagnostics = semantic_sums(output.embedding_raw[:size].float(), output.centers_raw.float(), area,
-                                            target, labels, foreground_labels, blends, class_counts, config)
+                diagnostics = semantic_sums(parts, target, labels, foreground_labels, blends, class_counts, config)
         else:
             logits = _classify(model, to_memory_format(view0, config)).float()
         loss_ce = losses.logit_adjusted_ce(logits, target, class_counts, tau, check_values=False)
