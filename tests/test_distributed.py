@@ -250,7 +250,7 @@ def test_sync_batchnorm_conversion_keeps_parameters_and_state_dict_keys():
     model = build_run_model(step_config("bcl"), NUM_CLASSES)
     before = model.state_dict()
     parameters = {id(p) for p in model.parameters()}
-    converted = convert_sync_batchnorm(model, torch.device("cpu"), exclude=("center_head",))
+    converted = convert_sync_batchnorm(model, exclude=("center_head",))
     kinds = {name: type(module).__name__ for name, module in converted.named_modules()}
     assert any(kind == "GlobalBatchNorm" for kind in kinds.values())
     assert kinds["center_head.1"] == "BatchNorm1d" and kinds["head.1"] == "GlobalBatchNorm"

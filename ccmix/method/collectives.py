@@ -49,6 +49,34 @@ def _all_gather_autograd(tensor: torch.Tensor) -> torch.Tensor:
     return collectives.wait_tensor(gather(tensor.contiguous(), 0, dist.group.WORLD))
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward sums the gradients over ranks (the adjoint of a sum that every rank reads).
+
+    Functional collectives, so torch.compile traces it into the graph; written out because
+    ``_c10d_functional.all_reduce`` has no autograd formula in every torch this package accepts.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        return _functional_all_reduce_sum(tensor)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        return _functional_all_reduce_sum(grad_output)
+
+
+def _functional_all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    from torch.distributed import _functional_collectives as collectives
+
+    return collectives.wait_tensor(collectives.all_reduce(tensor.contiguous(), "sum", dist.group.WORLD))
+
+
+def all_reduce_sum_autograd(tensor: torch.Tensor) -> torch.Tensor:
+    """Return ``tensor`` summed over every rank of the default group (a new tensor, same shape and dtype);
+    the gradient of each rank's ``tensor`` is the sum of every rank's gradient of the result."""
+    return _AllReduceSum.apply(tensor)
+
+
 def all_reduce_sum(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
     """Return ``tensor`` summed over ranks (in place where distributed)."""
     if context.enabled:

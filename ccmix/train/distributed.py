@@ -6,8 +6,8 @@ batch: each rank takes every ``world_size``-th column of the global batch, and
 the balanced contrastive loss of Zhu et al. (CVPR 2022) is computed over the
 embeddings gathered from every rank (with gradients), so the objective does not
 depend on the number of processes. BatchNorm statistics can be made global too
-(``convert_sync_batchnorm``): torch's SyncBatchNorm on GPUs, and on the CPU
-(gloo) ``GlobalBatchNorm``, which merges per-rank statistics with gradients.
+(``convert_sync_batchnorm``): ``GlobalBatchNorm`` on every backend, one all-reduce
+of per-channel moments a layer, with gradients, and no read back to the host.
 Everything written to the run folder is written by rank 0 only.
 """
 
@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ccmix.config.fields import TrainConfig
-from ccmix.method.collectives import DistContext, _all_gather_autograd
+from ccmix.method.collectives import DistContext, all_reduce_sum_autograd
 from ccmix.models.chunked_bn import replace_batchnorm, take_over_batchnorm
 
 
@@ -152,13 +152,47 @@ class ClassifierPath(nn.Module):
         return self._model.classify(images)
 
 
-class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm over the global batch on any backend (gloo included); state dict as BatchNorm's.
+def shifted_moments(input: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """Return one rank's (2C + 1,) moments of ``input`` (N, C, ...) about ``shift`` (C,) or 0:
+    [sum of (x - shift) per channel (C), sum of (x - shift)^2 per channel (C), elements per channel (1)].
 
-    In training with more than one process, each rank's per-channel count, mean and sum
-    of squared deviations are all-gathered with gradients and merged exactly (Chan et
-    al.'s parallel variance), so normalisation and its backward pass are those of one
-    BatchNorm over all ranks' inputs. Otherwise it is plain BatchNorm.
+    The moments are in ``input``'s dtype (float32 or float64); summed over ranks they give the
+    global mean and variance (``moments_statistics``). Two sums of the shifted input, not
+    torch.var_mean: forward and backward of (64, 16, 32, 32) float32 take 3.8 ms against 14.7 ms
+    on one CPU thread. The count is a tensor built from the shape: nothing is read from the device.
+    """
+    dims = [0, *range(2, input.dim())]
+    shifted = input if shift is None else input - _per_channel(shift, input.dim())
+    counts = torch.full((1,), input.numel() // input.shape[1], dtype=input.dtype, device=input.device)
+    return torch.cat([shifted.sum(dim=dims), shifted.square().sum(dim=dims), counts])
+
+
+def moments_statistics(moments: torch.Tensor, shift: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """Return (mean (C,), biased variance (C,), count (1,)) of the moments (2C + 1,) summed over every rank.
+
+    variance = E[(x - shift)^2] - (E[x - shift])^2 loses about eps * (mean - shift)^2 / variance of
+    its relative precision (eps = 1.2e-7 in float32): negligible while ``shift`` is near the mean,
+    which the running mean is once training has started.
+    """
+    channels = (moments.shape[0] - 1) // 2
+    count = moments[2 * channels:]
+    offset = moments[:channels] / count
+    variance = (moments[channels:2 * channels] / count - offset.square()).clamp_min(0)
+    return (offset if shift is None else shift + offset), variance, count
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch on any backend (NCCL or gloo); state dict as BatchNorm's.
+
+    In training with more than one process, each layer all-reduces ONE tensor, its per-channel
+    (sum, sum of squares, count) of (x - running mean) (``shifted_moments``), with gradients, so
+    normalisation, its backward pass and the running statistics (unbiased variance over the
+    global count) are those of one BatchNorm over all ranks' inputs; otherwise it is plain BatchNorm.
+    Statistics and normalisation are computed in float32 (float64 for float64 input) also when the
+    input is bfloat16 or float16 under autocast; the output has the input's dtype. Subtracting the
+    running mean, equal on every rank (identical updates; DDP broadcasts it at the start), keeps
+    the sum of squares from cancelling when a channel's mean is far from 0. Nothing is read back
+    from the device: momentum=None divides by ``num_batches_tracked`` as a tensor.
     """
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
@@ -170,29 +204,26 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         self._check_input_dim(input)
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(input)
-        factor = 0.0
-        if self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        dims = [0, *range(2, input.dim())]
-        count = input.numel() // input.shape[1]
-        local_mean = input.mean(dim=dims)
-        local_m2 = (input - _per_channel(local_mean, input.dim())).square().sum(dim=dims)
-        local = torch.cat([local_mean.new_tensor([float(count)]), local_mean, local_m2])
-        stats = _all_gather_autograd(local[None])  # (world_size, 1 + 2C)
-        counts, means, m2s = stats[:, :1], stats[:, 1:1 + input.shape[1]], stats[:, 1 + input.shape[1]:]
-        total = counts.sum()
-        mean = (counts * means).sum(dim=0) / total
-        variance = (m2s + counts * (means - mean).square()).sum(dim=0) / total  # biased, as BatchNorm normalises
-        output = (input - _per_channel(mean, input.dim())) * _per_channel(torch.rsqrt(variance + self.eps), input.dim())
-        if self.affine:
-            output = output * _per_channel(self.weight, input.dim()) + _per_channel(self.bias, input.dim())
+        values = input.to(torch.promote_types(input.dtype, torch.float32))
+        shift = None if self.running_mean is None else self.running_mean.detach().to(values.dtype)
+        moments = all_reduce_sum_autograd(shifted_moments(values, shift))
+        mean, variance, count = moments_statistics(moments, shift)
         if self.track_running_stats:
             with torch.no_grad():
-                unbiased = variance * (total / (total - 1).clamp_min(1))
-                self.running_mean.mul_(1 - factor).add_(factor * mean.detach())
-                self.running_var.mul_(1 - factor).add_(factor * unbiased.detach())
-        return output
+                self._update_running_statistics(mean, variance, count)
+        scale = torch.rsqrt(variance + self.eps)
+        if self.affine:
+            scale = scale * self.weight
+        offset = -mean * scale if self.bias is None else self.bias - mean * scale
+        return (values * _per_channel(scale, input.dim()) + _per_channel(offset, input.dim())).to(input.dtype)
+
+    def _update_running_statistics(self, mean: torch.Tensor, variance: torch.Tensor, count: torch.Tensor) -> None:
+        """Move the running mean and unbiased variance towards the batch's, as BatchNorm does (no host read)."""
+        self.num_batches_tracked.add_(1)
+        factor = (1.0 / self.num_batches_tracked.to(mean.dtype)) if self.momentum is None else self.momentum
+        unbiased = variance * (count / (count - 1).clamp_min(1))
+        self.running_mean.mul_(1 - factor).add_(factor * mean.to(self.running_mean.dtype))
+        self.running_var.mul_(1 - factor).add_(factor * unbiased.to(self.running_var.dtype))
 
 
 def synchronise_batchnorm(model: nn.Module, config: TrainConfig,
@@ -204,7 +235,7 @@ def synchronise_batchnorm(model: nn.Module, config: TrainConfig,
     if sync_bn:
         # The centre head normalises the same C classifier rows on every rank, so its batch statistics are
         # already global; syncing it would only change its running-variance correction.
-        model = convert_sync_batchnorm(model, context.device, exclude=("center_head",))
+        model = convert_sync_batchnorm(model, exclude=("center_head",))
     return model, sync_bn
 
 
@@ -235,19 +266,16 @@ def _per_channel(values: torch.Tensor, dims: int) -> torch.Tensor:
     return values.view(1, -1, *([1] * (dims - 2)))
 
 
-def convert_sync_batchnorm(module: nn.Module, device: torch.device, exclude: Sequence[str] = ()) -> nn.Module:
-    """Return ``module`` with its BatchNorm layers synchronised over ranks (torch SyncBatchNorm on GPUs,
-    GlobalBatchNorm elsewhere); submodules whose qualified names start with an ``exclude`` entry are kept.
+def convert_sync_batchnorm(module: nn.Module, exclude: Sequence[str] = ()) -> nn.Module:
+    """Return ``module`` with its BatchNorm layers (SyncBatchNorm included) replaced by GlobalBatchNorm, on every
+    device; submodules whose qualified names start with an ``exclude`` entry are kept.
 
     Parameters and buffers are moved over, not copied, so an optimizer built before stays valid.
     """
-    cuda = torch.device(device).type == "cuda"
 
     def synchronised(layer: nn.modules.batchnorm._BatchNorm) -> nn.Module:
-        if isinstance(layer, (GlobalBatchNorm, nn.SyncBatchNorm)):
+        if isinstance(layer, GlobalBatchNorm):
             return layer
-        if cuda:
-            return nn.SyncBatchNorm.convert_sync_batchnorm(layer)
         return take_over_batchnorm(layer, GlobalBatchNorm(layer.num_features, layer.eps, layer.momentum,
                                                           layer.affine, layer.track_running_stats))
 
