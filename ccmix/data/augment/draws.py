@@ -57,40 +57,61 @@ def sample_autoaugment(batch: int, generator: torch.Generator, image_size: tuple
     return {"policy": policy, "op": codes[policy], "apply": fire, "magnitude": magnitude}
 
 
+def _image_sizes(batch: int, image_size) -> torch.Tensor:
+    """Return int64 (B, 2) per-image (height, width) of a (height, width) pair or an integer (B, 2) tensor."""
+    if isinstance(image_size, torch.Tensor):
+        if image_size.shape != (batch, 2) or image_size.is_floating_point() or image_size.is_complex():
+            raise ValueError(f"image_size of shape {tuple(image_size.shape)} and dtype {image_size.dtype} is not "
+                             f"accepted; it must be an integer tensor of shape ({batch}, 2) of (height, width) pixels")
+        sizes = image_size.to(device="cpu", dtype=torch.int64)
+    else:
+        sizes = torch.tensor([[int(side) for side in image_size]], dtype=torch.int64).expand(batch, 2)
+    smallest = int(sizes.numpy().min())  # CPU sizes: read through numpy, no tensor operator
+    if smallest < 1:
+        raise ValueError(f"image_size holds {smallest} pixels; every height and width must be >= 1")
+    return sizes
+
+
+def _fallback_crop(height: torch.Tensor, width: torch.Tensor, ratio: tuple[float, float]) -> tuple:
+    """Return int64 (B,) (h, w) of torchvision's fallback: the whole image narrowed to the ratio range."""
+    in_ratio = width.double() / height.double()
+    narrow_w = (height.double() * max(ratio)).round().long()  # too wide: full height
+    narrow_h = (width.double() / min(ratio)).round().long()  # too tall: full width
+    fallback_w = torch.where(in_ratio > max(ratio), narrow_w, width)
+    fallback_h = torch.where(in_ratio < min(ratio), narrow_h, height)
+    return fallback_h, fallback_w
+
+
 def sample_resized_crop(
-    batch: int, generator: torch.Generator, image_size: tuple[int, int] = (32, 32),
+    batch: int, generator: torch.Generator, image_size: tuple[int, int] | torch.Tensor = (32, 32),
     scale: tuple[float, float] = (0.2, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10,
 ) -> dict:
     """Return RandomResizedCrop boxes: "top", "left", "height", "width" int64 (B,) in pixels of the input.
 
     Vectorised form of torchvision's ``RandomResizedCrop.get_params``: up to ``attempts``
     draws of area fraction ~ U(scale) and log aspect ratio ~ U(log ratio) per image, the
-    first that fits is kept, else the centre crop clamped to ``ratio``.
+    first that fits is kept, else the centre crop clamped to ``ratio``. ``image_size`` is
+    one (height, width) for the whole batch, or an integer (B, 2) tensor of each image's
+    (height, width) in pixels (variable-size images); both forms draw the same numbers.
     """
     _check_batch(batch)
-    height, width = image_size
-    area = height * width
+    sizes = _image_sizes(batch, image_size)
+    height, width = sizes[:, 0], sizes[:, 1]
+    area = (height * width).double().view(-1, 1)
     target_area = area * torch.empty(batch, attempts, dtype=torch.float64).uniform_(*scale, generator=generator)
     log_ratio = torch.empty(batch, attempts, dtype=torch.float64).uniform_(
         math.log(ratio[0]), math.log(ratio[1]), generator=generator)
     aspect = torch.exp(log_ratio)
     w = torch.sqrt(target_area * aspect).round().long()
     h = torch.sqrt(target_area / aspect).round().long()
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    fits = (w > 0) & (w <= width.view(-1, 1)) & (h > 0) & (h <= height.view(-1, 1))
     first = fits.int().argmax(dim=1, keepdim=True)  # first attempt that fits (0 when none does)
     found = fits.any(dim=1)
     w = w.gather(1, first).squeeze(1)
     h = h.gather(1, first).squeeze(1)
-    # Fallback of torchvision: the whole image, narrowed to the ratio range.
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        fallback_w, fallback_h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        fallback_w, fallback_h = int(round(height * max(ratio))), height
-    else:
-        fallback_w, fallback_h = width, height
-    w = torch.where(found, w, torch.full_like(w, fallback_w))
-    h = torch.where(found, h, torch.full_like(h, fallback_h))
+    fallback_h, fallback_w = _fallback_crop(height, width, ratio)
+    w = torch.where(found, w, fallback_w)
+    h = torch.where(found, h, fallback_h)
     u = torch.rand(batch, 2, generator=generator, dtype=torch.float64)
     top = (u[:, 0] * (height - h + 1)).long()
     left = (u[:, 1] * (width - w + 1)).long()
