@@ -141,6 +141,9 @@ class TrainConfig:
                                    choices=BACKGROUND_SAMPLERS)
     pipeline: str = spec("auto", RUNTIME, "classic (PIL workers), fast (batched on the device), auto: fast on CUDA",
                          choices=PIPELINES)
+    augment_launch: str = spec("auto", RUNTIME, "fast pipeline's augmentation kernels: constant (the same launches every "
+                               "step, CUDA-graph friendly), subset (per-op groups), auto: constant on CUDA",
+                               choices=("auto", "constant", "subset"))
     view_recipe: str = spec("auto", RECIPE, "augmentation recipe; auto picks cifar or imagenet from the dataset",
                             choices=VIEW_RECIPES)
     contrastive_views: str = spec("sim-sim", RECIPE, "contrastive views: sim-sim, or RandAugment on view 1 (sim-rand, "
@@ -213,7 +216,10 @@ class TrainConfig:
                           "AMX or Arm BF16); evaluation stays fp32")
     channels_last: bool = spec(True, RUNTIME, "channels-last memory format, CUDA only")
     compile: bool = spec(False, RUNTIME, "torch.compile the training step (model and losses; CUDA graphs on one GPU)")
-    deterministic: bool = spec(True, RUNTIME, "deterministic kernels")
+    deterministic: bool = spec(True, RUNTIME, "deterministic kernels (CUDA: cuDNN, cuBLAS too; off: cuDNN benchmark)")
+    tf32: bool = spec(True, RUNTIME, "TF32 for CUDA convolutions and matmuls; on, as torch's default for cuDNN convs "
+                      "(nearly all of a ResNet's work; its matmul default is off); no effect on the CPU")
+    cuda_graphs: bool = spec(True, RUNTIME, "with compile on one CUDA device: CUDA graphs of the step; CPU: no effect")
     sync_bn: bool | None = spec(None, RUNTIME, "synchronised BatchNorm across processes",
                                 none_means="on when more than one process trains and bn_chunks is 1")
     max_steps_per_epoch: int | None = spec(None, RECIPE, "cap on steps an epoch for smoke runs and benchmarks",

@@ -25,15 +25,29 @@ def pil_box_radius(sigma: torch.Tensor) -> torch.Tensor:
     return whole + fraction / (6.0 * (variance - (whole + 1.0).square()))
 
 
-def box_blur_weights(radius: torch.Tensor) -> tuple[torch.Tensor, int]:
+def blur_reach(max_sigma: float) -> int:
+    """Return the reach (pixels each side) that PIL's box passes need for every sigma up to ``max_sigma`` pixels.
+
+    The box radius grows with sigma, so the largest sigma needs the most: floor(r) + 1.
+    """
+    radius = pil_box_radius(torch.tensor([float(max_sigma)], dtype=torch.float64))
+    return int(torch.floor(radius).numpy()[0]) + 1  # CPU tensor: .numpy() reads it on the host
+
+
+def box_blur_weights(radius: torch.Tensor, reach: int | None = None) -> tuple[torch.Tensor, int]:
     """Return (float64 (N, 2 * reach + 1) taps, reach) of PIL's extended box filter of per-image ``radius`` (N,).
 
     The 2 * floor(r) + 1 inner taps weigh 1 / (2r + 1) each and the two outer ones share
-    the rest, with PIL's 24-bit fixed-point rounding; reach = max floor(r) + 1 pixels.
+    the rest, with PIL's 24-bit fixed-point rounding; taps further out are 0. reach =
+    max floor(r) + 1 pixels, or the given ``reach`` (a fixed kernel size whatever the
+    draws; ValueError when a radius needs more).
     """
     radius = radius.double().cpu()
     whole = torch.floor(radius)
-    reach = int(whole.numpy().max()) + 1 if radius.numel() else 1  # .numpy(): a host read, never a device wait
+    needed = int(whole.numpy().max()) + 1 if radius.numel() else 1  # .numpy(): a host read, never a device wait
+    if reach is not None and needed > reach:
+        raise ValueError(f"reach={reach} is not accepted; these blur radii need at least {needed} pixels")
+    reach = needed if reach is None else reach
     inner = torch.floor(_FIXED_POINT / (2.0 * radius + 1.0))
     outer = torch.floor((_FIXED_POINT - (2.0 * whole + 1.0) * inner) / 2.0)
     distance = torch.arange(-reach, reach + 1, dtype=torch.float64).abs().view(1, -1)

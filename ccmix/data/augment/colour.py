@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ccmix.data.augment.dispatch import _constant, _per_image, apply_grouped, to_device
+from ccmix.data.augment.dispatch import _constant, _per_image, apply_grouped, apply_masked, check_launch, to_device
 from ccmix.data.augment.tables import LUMA_WEIGHTS, MAX_VALUE
 
 
@@ -121,30 +121,67 @@ def blend_(images: torch.Tensor, factor: torch.Tensor, luma_weight: torch.Tensor
 
 
 def _jitter_stage(params: dict, stage: int) -> dict:
-    """Return the per-image blend weights (CPU float64 (B,)) of colour-jitter stage ``stage`` (identity elsewhere)."""
+    """Return the per-image parameters (CPU) of colour-jitter stage ``stage`` (identity elsewhere).
+
+    "blend" float64 (B, 3): factor, luma and mean weights of ``blend_``; "hue_group" int64
+    (B,): 0 where the stage is the hue rotation, else 1.
+    """
     operation = torch.where(params["jitter"], params["order"][:, stage], torch.full_like(params["order"][:, 0], -1))
     ones, zeros = torch.ones_like(params["brightness"]), torch.zeros_like(params["brightness"])
     factor = torch.where(operation == 0, params["brightness"], ones)
     factor = torch.where(operation == 1, params["contrast"], factor)
     factor = torch.where(operation == 2, params["saturation"], factor)
     return {
-        "factor": factor,
-        "mean_weight": torch.where(operation == 1, 1.0 - params["contrast"], zeros),
-        "luma_weight": torch.where(operation == 2, 1.0 - params["saturation"], zeros),
+        "blend": torch.stack((factor, torch.where(operation == 2, 1.0 - params["saturation"], zeros),
+                              torch.where(operation == 1, 1.0 - params["contrast"], zeros)), dim=1),
         "hue_group": torch.where(operation == 3, 0, 1),
     }
 
 
-def apply_color_jitter(images: torch.Tensor, params: dict) -> torch.Tensor:
-    """Return float 0..255 images after each image's colour jitter in its own order (modified in place).
+def prepare_color_jitter(params: dict) -> dict:
+    """Return ``apply_prepared_color_jitter``'s CPU parameters of ``sample_color_jitter`` draws.
+
+    "stage0" .. "stage3" (``_jitter_stage``, "blend" in float32, the images' dtype) and "hue"
+    float64 (B,) turns.
+    """
+    prepared = {f"stage{stage}": _jitter_stage(params, stage) for stage in range(4)}
+    for stage in prepared.values():
+        stage["blend"] = stage["blend"].float()
+    prepared["hue"] = params["hue"]
+    return prepared
+
+
+_HUE_HANDLERS = [lambda x, p: adjust_hue(x, p["hue"])]
+
+
+def apply_prepared_color_jitter(images: torch.Tensor, prepared: dict) -> torch.Tensor:
+    """Return new float 0..255 images after colour jitter with constant launches (``prepare_color_jitter``'s params).
+
+    Each stage: one per-image blend and the hue rotation of the whole batch, kept for the
+    images whose stage it is (``apply_masked``). ``prepared`` on any device; ``images`` may
+    be overwritten.
+    """
+    for stage in range(4):
+        weights = prepared[f"stage{stage}"]
+        blend_(images, weights["blend"][:, 0], weights["blend"][:, 1], weights["blend"][:, 2])
+        images = apply_masked(images, weights["hue_group"], _HUE_HANDLERS, {"hue": prepared["hue"]}, (False,))
+    return images
+
+
+def apply_color_jitter(images: torch.Tensor, params: dict, launch: str = "subset") -> torch.Tensor:
+    """Return float 0..255 images after each image's colour jitter in its own order.
 
     ``params`` from ``sample_color_jitter``. Stage k applies operation order[:, k] of each
     image with "jitter" set: brightness, contrast and saturation as one per-image blend
-    over the whole batch (identity weights elsewhere, exact), hue on the group of
-    images whose stage-k operation it is.
+    over the whole batch (identity weights elsewhere, exact), hue on the images whose
+    stage-k operation it is. ``launch`` "subset" (images modified in place): hue on the
+    group of those images; "constant": ``apply_prepared_color_jitter``, the same values.
     """
+    check_launch(launch)
+    if launch == "constant":
+        return apply_prepared_color_jitter(images, prepare_color_jitter(params))
     for stage in range(4):
         weights = _jitter_stage(params, stage)
-        blend_(images, weights["factor"], weights["luma_weight"], weights["mean_weight"])
-        apply_grouped(images, weights["hue_group"], [lambda x, p: adjust_hue(x, p["hue"])], {"hue": params["hue"]})
+        blend_(images, weights["blend"][:, 0], weights["blend"][:, 1], weights["blend"][:, 2])
+        apply_grouped(images, weights["hue_group"], _HUE_HANDLERS, {"hue": params["hue"]})
     return images

@@ -59,7 +59,7 @@ from __future__ import annotations
 import torch
 
 from ccmix.data.augment.colour import adjust_sharpness_, autocontrast_, blend_, equalize, posterize_, solarize
-from ccmix.data.augment.dispatch import _per_image, apply_grouped
+from ccmix.data.augment.dispatch import _per_image, apply_grouped, apply_masked, check_launch
 from ccmix.data.augment.draws import _check_batch
 from ccmix.data.augment.geometry import autoaugment_coefficients, geometric_coefficients, pil_affine
 from ccmix.data.augment.tables import (
@@ -91,6 +91,7 @@ _AA_HANDLERS = [  # one group per kind of operation; Invert is Solarize with thr
     lambda images, p: autocontrast_(images),
     lambda images, p: equalize(images),
 ]
+_AA_OVERWRITES = (False, False, True, True, False, True, False)  # which handlers modify their input
 _NO_GROUP = len(_AA_HANDLERS)
 _AA_GROUP_OF_OP = torch.tensor([
     1, 1,  # ShearX, ShearY: bicubic, as published
@@ -100,27 +101,84 @@ _AA_GROUP_OF_OP = torch.tensor([
 ])
 
 
-def apply_autoaugment(images: torch.Tensor, params: dict) -> torch.Tensor:
-    """Return float 0..255 images (B, 3, H, W) after each image's AutoAugment sub-policy (modified in place).
+def _autoaugment_slot(params: dict, slot: int, height: int, width: int) -> dict:
+    """Return the CPU per-image parameters of AutoAugment slot ``slot``: blend weights, group, magnitude, affine.
+
+    "blend" float64 (B, 3): factor, luma and mean weights of ``blend_`` (identity (1, 0, 0)
+    where the slot is not Brightness, Color or Contrast); "blends" bool (B,): whether any
+    image blends; "group" int64 (B,) into ``_AA_HANDLERS`` (``_NO_GROUP``: none);
+    "magnitude" float64 (B,); "coefficients" float64 (B, 6).
+    """
+    op = params["op"][:, slot]
+    fire = params["apply"][:, slot]
+    magnitude = params["magnitude"][:, slot]  # 0 for Invert: a solarize at threshold 0
+    is_blend = {name: fire & (op == _OP[name]) for name in ("Brightness", "Color", "Contrast")}
+    blending = is_blend["Brightness"] | is_blend["Color"] | is_blend["Contrast"]
+    zeros = torch.zeros_like(magnitude)
+    blend = torch.stack((torch.where(blending, 1.0 + magnitude, torch.ones_like(magnitude)),
+                         torch.where(is_blend["Color"], -magnitude, zeros),
+                         torch.where(is_blend["Contrast"], -magnitude, zeros)), dim=1)
+    return {"blend": blend, "blends": blending, "group": torch.where(fire, _AA_GROUP_OF_OP[op], _NO_GROUP),
+            "magnitude": magnitude, "coefficients": autoaugment_coefficients(op, magnitude, height, width)}
+
+
+def prepare_autoaugment(params: dict, height: int, width: int) -> dict:
+    """Return ``apply_prepared_autoaugment``'s CPU parameters of ``sample_autoaugment`` draws for HxW images.
+
+    Keys "slot0" and "slot1", each ``_autoaugment_slot``'s dict without "blends", "blend" in
+    float32 (the images' dtype: rounded here, not on the device, with the same result).
+    """
+    return _prepared_slots(params, _autoaugment_slot, height, width)
+
+
+def _prepared_slots(params: dict, slot_parameters, height: int, width: int) -> dict:
+    """Return {"slot0": ..., ...}: ``slot_parameters(params, slot, height, width)`` per slot, "blends" dropped and
+    "blend" as float32 (the images' dtype)."""
+    slots = {}
+    for slot in range(params["op"].shape[1]):
+        prepared = slot_parameters(params, slot, height, width)
+        del prepared["blends"]
+        prepared["blend"] = prepared["blend"].float()
+        slots[f"slot{slot}"] = prepared
+    return slots
+
+
+def apply_prepared_autoaugment(images: torch.Tensor, prepared: dict) -> torch.Tensor:
+    """Return new float 0..255 images after AutoAugment with constant launches (``prepare_autoaugment``'s params).
+
+    Per slot, the same operator calls whatever the draws: one per-image blend (identity
+    weights leave an image exactly unchanged) and every other kind of operation on the
+    whole batch, each image keeping its own (``apply_masked``). ``prepared`` on any device;
+    ``images`` may be overwritten.
+    """
+    for slot in prepared.values():
+        blend_(images, slot["blend"][:, 0], slot["blend"][:, 1], slot["blend"][:, 2])
+        images = apply_masked(images, slot["group"], _AA_HANDLERS,
+                              {"magnitude": slot["magnitude"], "coefficients": slot["coefficients"]}, _AA_OVERWRITES)
+    return images
+
+
+def apply_autoaugment(images: torch.Tensor, params: dict, launch: str = "subset") -> torch.Tensor:
+    """Return float 0..255 images (B, 3, H, W) after each image's AutoAugment sub-policy.
 
     ``params`` from ``sample_autoaugment``. Per slot: Brightness, Color and Contrast as one
-    batch-wide per-image blend (identity weights elsewhere), then the other operations
-    group-wise by kind (nearest and bicubic geometric groups filled with grey, five others).
+    batch-wide per-image blend (identity weights elsewhere), then the other operations by
+    kind (nearest and bicubic geometric groups filled with grey, five others). ``launch``
+    "subset" (images modified in place): each kind on the group of images that drew it,
+    the blend skipped when no image blends; "constant": ``apply_prepared_autoaugment``,
+    the same values.
     """
+    check_launch(launch)
     height, width = images.shape[-2:]
+    if launch == "constant":
+        return apply_prepared_autoaugment(images, prepare_autoaugment(params, height, width))
     for slot in range(2):
-        op = params["op"][:, slot]
-        fire = params["apply"][:, slot]
-        magnitude = params["magnitude"][:, slot]  # 0 for Invert: a solarize at threshold 0
-        is_blend = {name: fire & (op == _OP[name]) for name in ("Brightness", "Color", "Contrast")}
-        if any(mask.numpy().any() for mask in is_blend.values()):  # CPU draws: .numpy() reads them on the host
-            blending = is_blend["Brightness"] | is_blend["Color"] | is_blend["Contrast"]
-            zeros = torch.zeros_like(magnitude)
-            blend_(images, torch.where(blending, 1.0 + magnitude, torch.ones_like(magnitude)),
-                   torch.where(is_blend["Color"], -magnitude, zeros), torch.where(is_blend["Contrast"], -magnitude, zeros))
-        group = torch.where(fire, _AA_GROUP_OF_OP[op], torch.full_like(op, _NO_GROUP))
-        slot_params = {"magnitude": magnitude, "coefficients": autoaugment_coefficients(op, magnitude, height, width)}
-        apply_grouped(images, group, _AA_HANDLERS, slot_params)
+        slot_params = _autoaugment_slot(params, slot, height, width)
+        if slot_params["blends"].numpy().any():  # CPU draws: .numpy() reads them on the host
+            blend = slot_params["blend"]
+            blend_(images, blend[:, 0], blend[:, 1], blend[:, 2])
+        apply_grouped(images, slot_params["group"], _AA_HANDLERS,
+                      {"magnitude": slot_params["magnitude"], "coefficients": slot_params["coefficients"]})
     return images
 
 
@@ -176,6 +234,7 @@ def _randaugment_handlers(fill: tuple[float, float, float]) -> list:
     ]
 
 
+_RA_OVERWRITES = (False, False, True, True, False, False, True, False, False)  # handlers modifying their input
 # Per op code: its group in ``_randaugment_handlers`` (none for Brightness, Color and Contrast, which are one
 # blend), and whether it is geometric (group 0 bilinear or 1 bicubic, drawn per image).
 _RA_NO_GROUP = 9  # len(_randaugment_handlers(fill))
@@ -187,33 +246,67 @@ _RA_IS_GEOMETRIC = torch.tensor([name in ("Rotate", "ShearX", "ShearY", "Transla
                                  for name in RANDAUGMENT_OPS])
 
 
-def apply_randaugment(images: torch.Tensor, params: dict, fill: tuple[float, float, float]) -> torch.Tensor:
-    """Return float 0..255 images (B, 3, H, W) after each image's RandAugment ops (modified in place).
+def _randaugment_slot(params: dict, slot: int, height: int, width: int) -> dict:
+    """Return the CPU per-image parameters of RandAugment slot ``slot`` (as ``_autoaugment_slot``; "argument")."""
+    op = params["op"][:, slot]
+    fire = params["apply"][:, slot]
+    argument = params["argument"][:, slot]
+    is_blend = {name: fire & (op == _RA[name]) for name in ("Brightness", "Color", "Contrast")}
+    blending = is_blend["Brightness"] | is_blend["Color"] | is_blend["Contrast"]
+    zeros = torch.zeros_like(argument)
+    blend = torch.stack((torch.where(blending, argument, torch.ones_like(argument)),
+                         torch.where(is_blend["Color"], 1.0 - argument, zeros),
+                         torch.where(is_blend["Contrast"], 1.0 - argument, zeros)), dim=1)
+    group = torch.where(_RA_IS_GEOMETRIC[op], params["bicubic"][:, slot].long(), _RA_GROUP_OF_OP[op])
+    return {"blend": blend, "blends": blending, "group": torch.where(fire, group, _RA_NO_GROUP),
+            "argument": argument, "coefficients": randaugment_coefficients(op, argument, height, width)}
+
+
+def prepare_randaugment(params: dict, height: int, width: int) -> dict:
+    """Return ``apply_prepared_randaugment``'s CPU parameters of ``sample_randaugment`` draws: "slot0", ...
+
+    As ``prepare_autoaugment``, with "argument" for "magnitude".
+    """
+    return _prepared_slots(params, _randaugment_slot, height, width)
+
+
+def apply_prepared_randaugment(images: torch.Tensor, prepared: dict, fill: tuple[float, float, float]) -> torch.Tensor:
+    """Return new float 0..255 images after RandAugment with constant launches (``prepare_randaugment``'s params)."""
+    handlers = _randaugment_handlers(fill)
+    for slot in prepared.values():
+        blend_(images, slot["blend"][:, 0], slot["blend"][:, 1], slot["blend"][:, 2])
+        images = apply_masked(images, slot["group"], handlers,
+                              {"argument": slot["argument"], "coefficients": slot["coefficients"]}, _RA_OVERWRITES)
+    return images
+
+
+def apply_randaugment(images: torch.Tensor, params: dict, fill: tuple[float, float, float],
+                      launch: str = "subset") -> torch.Tensor:
+    """Return float 0..255 images (B, 3, H, W) after each image's RandAugment ops.
 
     ``params`` from ``sample_randaugment``; ``fill`` is the 0..255 RGB colour of uncovered
     pixels. Per slot: Brightness, Color and Contrast as one per-image blend with factor
-    ``argument``, the rest group-wise by kind (geometric ops by resampling).
+    ``argument``, the rest by kind (geometric ops by resampling). ``launch`` "subset"
+    (images modified in place): group-wise, as ``apply_autoaugment``; "constant":
+    ``apply_prepared_randaugment``, the same values.
     """
+    check_launch(launch)
     height, width = images.shape[-2:]
+    if launch == "constant":
+        return apply_prepared_randaugment(images, prepare_randaugment(params, height, width), fill)
     handlers = _randaugment_handlers(fill)
     for slot in range(params["op"].shape[1]):
-        op = params["op"][:, slot]
-        fire = params["apply"][:, slot]
-        argument = params["argument"][:, slot]
-        is_blend = {name: fire & (op == _RA[name]) for name in ("Brightness", "Color", "Contrast")}
-        if any(mask.numpy().any() for mask in is_blend.values()):  # CPU draws: .numpy() reads them on the host
-            blending = is_blend["Brightness"] | is_blend["Color"] | is_blend["Contrast"]
-            zeros = torch.zeros_like(argument)
-            blend_(images, torch.where(blending, argument, torch.ones_like(argument)),
-                   torch.where(is_blend["Color"], 1.0 - argument, zeros),
-                   torch.where(is_blend["Contrast"], 1.0 - argument, zeros))
-        group = torch.where(_RA_IS_GEOMETRIC[op], params["bicubic"][:, slot].long(), _RA_GROUP_OF_OP[op])
-        group = torch.where(fire, group, _RA_NO_GROUP)
-        slot_params = {"argument": argument, "coefficients": randaugment_coefficients(op, argument, height, width)}
-        apply_grouped(images, group, handlers, slot_params)
+        slot_params = _randaugment_slot(params, slot, height, width)
+        if slot_params["blends"].numpy().any():  # CPU draws: .numpy() reads them on the host
+            blend = slot_params["blend"]
+            blend_(images, blend[:, 0], blend[:, 1], blend[:, 2])
+        apply_grouped(images, slot_params["group"], handlers,
+                      {"argument": slot_params["argument"], "coefficients": slot_params["coefficients"]})
     return images
 
 
 __all__ = [
-    "apply_autoaugment", "sample_randaugment", "randaugment_coefficients", "solarize_add", "apply_randaugment"
+    "apply_autoaugment", "prepare_autoaugment", "apply_prepared_autoaugment", "sample_randaugment",
+    "randaugment_coefficients", "solarize_add", "apply_randaugment", "prepare_randaugment",
+    "apply_prepared_randaugment",
 ]

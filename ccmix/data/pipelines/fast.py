@@ -11,19 +11,35 @@ processes: each step indexes the device-resident images and augments the whole b
 Scope: the CIFAR recipe (32x32 images, ``view_recipe`` resolving to ``cifar``). For the
 ImageNet-scale recipe, or images that are not all 32x32, ``FastTrainPipeline`` falls
 back to the classic pipeline and says so with a ``UserWarning``.
+
+Launch modes (``augment_launch``, see ``ccmix.data.augment.dispatch``): ``constant`` turns
+each step's CPU draws into per-image parameters on the host, packs them into one buffer
+and copies it to the device once (``ccmix.data.augment.packing``), then augments with the
+same operator calls every step; ``subset`` applies the draws group-wise, with one small
+copy per parameter. ``auto``: constant on CUDA, subset elsewhere.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
-from ccmix.config.fields import TrainConfig
+from ccmix.config.fields import TrainConfig, field_rule
 from ccmix.data import views as recipe
 from ccmix.data.augment.draws import sample_contrastive
-from ccmix.data.augment.recipes import classification_views, contrastive_views, sample_classification
+from ccmix.data.augment.packing import pack_to_device
+from ccmix.data.augment.recipes import (
+    classification_views,
+    contrastive_views,
+    prepare_classification,
+    prepare_contrastive,
+    prepared_classification_views,
+    prepared_contrastive_views,
+    sample_classification,
+)
 from ccmix.data.batch import StepBatch
 from ccmix.data.pipelines.classic import ClassicTrainPipeline, steps_for
 from ccmix.data.streams import epoch_generator, foreground_class_probabilities, sample_epoch_indices
@@ -36,6 +52,32 @@ def unsupported_reason(config: TrainConfig) -> str | None:
         return (f"the fast pipeline implements the CIFAR view recipe only, and view_recipe resolves to "
                 f"{config.resolved_view_recipe!r} for dataset {config.dataset!r}")
     return None
+
+
+AUGMENT_LAUNCHES = field_rule("augment_launch").choices  # auto, constant, subset
+
+
+def resolve_augment_launch(launch: str, device: torch.device | str) -> str:
+    """Return ``constant`` or ``subset``: ``launch`` itself, or for ``auto`` constant on CUDA and subset otherwise."""
+    from ccmix.data.pipelines.build import resolve_by_device  # build imports this module lazily
+
+    return resolve_by_device("augment_launch", launch, AUGMENT_LAUNCHES, device, on_cuda="constant",
+                             elsewhere="subset")
+
+
+@dataclass
+class EpochPlan:
+    """What the steps of one epoch share: device index tensors (steps, b), the draws' generator, rank columns."""
+
+    background: torch.Tensor
+    foreground: torch.Tensor | None
+    augment_generator: torch.Generator
+    columns: torch.Tensor
+    width: int
+
+    @property
+    def steps(self) -> int:
+        return self.background.shape[0] if self.background.shape[1] else 0
 
 
 class FastTrainPipeline:
@@ -54,6 +96,7 @@ class FastTrainPipeline:
     def __init__(self, train, config: TrainConfig, device: torch.device | str = "cpu"):
         self.config = config
         self.device = torch.device(device)
+        self.launch = resolve_augment_launch(config.augment_launch, self.device)
         self.steps_per_epoch: int = steps_for(len(train), config.batch_size, config.max_steps_per_epoch)
         self.fallback: ClassicTrainPipeline | None = None
         reason = unsupported_reason(config)
@@ -122,12 +165,8 @@ class FastTrainPipeline:
         """Return the StepBatch for device index tensors ``background`` (b,) and ``foreground`` (b,) or None."""
         batch = background.shape[0]
         first = background if foreground is None else torch.cat((background, foreground))
-        view0 = classification_views(
-            self.images.index_select(0, first), draws["view0"], self.mean, self.std, padding=recipe.CIFAR_PAD)
-        contrastive = None
-        if draws["contrastive"] is not None:
-            pairs = self.images.index_select(0, background.repeat_interleave(2))
-            contrastive = contrastive_views(pairs, draws["contrastive"], self.mean, self.std)
+        view0, contrastive = self._views(first, background.repeat_interleave(2), draws)
+        if contrastive is not None:
             contrastive = contrastive.view(batch, 2, *contrastive.shape[1:])
         return StepBatch(
             view0=view0[:batch],
@@ -137,13 +176,29 @@ class FastTrainPipeline:
             foreground_labels=self.targets_device.index_select(0, foreground) if foreground is not None else None,
         )
 
+    def _views(self, first: torch.Tensor, pairs: torch.Tensor, draws: dict) -> tuple:
+        """Return (view 0 of images ``first``, contrastive views of images ``pairs`` or None), normalised."""
+        padding, has_pairs = recipe.CIFAR_PAD, draws["contrastive"] is not None
+        if self.launch == "subset":
+            view0 = classification_views(self.images.index_select(0, first), draws["view0"], self.mean, self.std,
+                                         padding=padding)
+            return view0, contrastive_views(self.images.index_select(0, pairs), draws["contrastive"], self.mean,
+                                            self.std) if has_pairs else None
+        # constant: every per-image parameter of the step, prepared on the host, in one copy to the device
+        prepared = pack_to_device({
+            "view0": prepare_classification(draws["view0"], self.image_size),
+            "contrastive": prepare_contrastive(draws["contrastive"], self.image_size,
+                                               self.contrastive_params.blur_sigma[1]) if has_pairs else None,
+        }, self.device)
+        view0 = prepared_classification_views(self.images.index_select(0, first), prepared["view0"], self.mean,
+                                              self.std, padding=padding)
+        return view0, prepared_contrastive_views(self.images.index_select(0, pairs), prepared["contrastive"],
+                                                 self.mean, self.std) if has_pairs else None
+
     # ------------------------------------------------------------------ epochs
 
-    def batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> Iterator[StepBatch]:
-        """Yield the ``steps_per_epoch`` StepBatches of ``epoch`` for ``rank``, already on the device."""
-        if self.fallback is not None:
-            yield from self.fallback.batches(epoch, rank, world_size)
-            return
+    def epoch_plan(self, epoch: int, rank: int = 0, world_size: int = 1) -> EpochPlan:
+        """Return the indices (on the device) and draw generator of ``epoch`` for ``rank`` (fast path only)."""
         if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
             raise ValueError(f"rank={rank!r}, world_size={world_size!r} are not accepted; need 0 <= rank < world_size")
         generator = epoch_generator(self.config.seed, epoch)
@@ -156,15 +211,25 @@ class FastTrainPipeline:
         augment_generator = torch.Generator().manual_seed(
             mix_seed(int(torch.randint(0, 2**62, (1,), generator=generator)), 0))
         width = background.shape[1]
-        columns = torch.arange(rank, width, world_size)
         background = background[: self.steps_per_epoch, rank::world_size].to(self.device)
         if foreground is not None:
             foreground = foreground[: self.steps_per_epoch, rank::world_size].to(self.device)
-        for step in range(background.shape[0]):
-            if background.shape[1] == 0:
-                return
-            draws = self.rank_draws(self.sample_step(width, augment_generator), columns, width)
-            yield self.make_batch(background[step], foreground[step] if foreground is not None else None, draws)
+        return EpochPlan(background, foreground, augment_generator, torch.arange(rank, width, world_size), width)
+
+    def step_batch(self, plan: EpochPlan, step: int) -> StepBatch:
+        """Return the StepBatch of step ``step`` of ``plan`` (steps must be taken in order: the draws are a stream)."""
+        draws = self.rank_draws(self.sample_step(plan.width, plan.augment_generator), plan.columns, plan.width)
+        foreground = plan.foreground[step] if plan.foreground is not None else None
+        return self.make_batch(plan.background[step], foreground, draws)
+
+    def batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> Iterator[StepBatch]:
+        """Yield the ``steps_per_epoch`` StepBatches of ``epoch`` for ``rank``, already on the device."""
+        if self.fallback is not None:
+            yield from self.fallback.batches(epoch, rank, world_size)
+            return
+        plan = self.epoch_plan(epoch, rank, world_size)
+        for step in range(plan.steps):
+            yield self.step_batch(plan, step)
 
 
 def _select(draws: dict, index: torch.Tensor) -> dict:
@@ -173,4 +238,4 @@ def _select(draws: dict, index: torch.Tensor) -> dict:
             for key, value in draws.items()}
 
 
-__all__ = ["FastTrainPipeline", "unsupported_reason"]
+__all__ = ["AUGMENT_LAUNCHES", "EpochPlan", "FastTrainPipeline", "resolve_augment_launch", "unsupported_reason"]
