@@ -122,6 +122,7 @@ def test_pipeline_choice(train_set, monkeypatch):
 
     fake.FastTrainPipeline = FastTrainPipeline
     monkeypatch.setitem(sys.modules, "ccmix.data.pipelines.fast", fake)
+    monkeypatch.delitem(sys.modules, "ccmix.data.pipelines.threads", raising=False)  # its subclass: of the fake
     assert isinstance(build_train_pipeline(train_set, synthetic_config(pipeline="fast"), "cpu"), FastTrainPipeline)
     assert isinstance(build_train_pipeline(train_set, synthetic_config(pipeline="auto"), "cpu"), ClassicTrainPipeline)
     chosen = build_train_pipeline(train_set, synthetic_config(pipeline="auto"), torch.device("cuda"))

@@ -251,8 +251,9 @@ class CompiledLoss:
 
     On one CUDA device the step is compiled with CUDA graphs (``mode="reduce-overhead"``):
     each call then replays the recorded kernels. The default mode is used under DDP, whose
-    gradient hooks run between the graphs, and with ``cuda_graphs=False`` (gradient
-    accumulation: gradients kept across replays would live in memory a replay reuses).
+    gradient hooks run between the graphs, and with ``cuda_graphs=False`` (the config field
+    ``cuda_graphs`` off, or gradient accumulation: gradients kept across replays would live
+    in memory a replay reuses).
     """
 
     def __init__(self, device: torch.device, context: DistContext, backend="inductor", cuda_graphs: bool = True):
@@ -281,7 +282,8 @@ def step_loss_function(config: TrainConfig, device: torch.device, context: DistC
     ``config.compile``. Build it once per run: a compiled function keeps its graphs between calls."""
     if not config.compile:
         return loss_parts
-    return CompiledLoss(torch.device(device), context or DistContext(), cuda_graphs=config.grad_accum_steps == 1)
+    return CompiledLoss(torch.device(device), context or DistContext(),
+                        cuda_graphs=config.cuda_graphs and config.grad_accum_steps == 1)
 
 
 # --------------------------------------------------------------------------- the step

@@ -54,15 +54,17 @@ def describe_device(device_type: str, *, gpu_name: str | None = None, cpu_cores:
     return text
 
 
-def precision_text(device_type: str, *, amp: bool, channels_last: bool, cpu_bf16: bool = False) -> str:
+def precision_text(device_type: str, *, amp: bool, channels_last: bool, cpu_bf16: bool = False,
+                   tf32: bool | None = None) -> str:
     """Return the numeric precision training uses: bf16 autocast on CUDA when ``amp``, on the CPU when
-    ``cpu_bf16``, fp32 otherwise."""
+    ``cpu_bf16``, fp32 otherwise; on CUDA whether TF32 is on when ``tf32`` is given."""
     if device_type != "cuda" and cpu_bf16:
         return "bf16 autocast on the CPU (weights, losses and optimiser in fp32; evaluation in fp32)"
     if device_type != "cuda":
         return "fp32 (bf16 autocast and channels_last apply on CUDA only)" if amp else "fp32"
     text = "bf16 autocast (weights, losses and optimiser in fp32)" if amp else "fp32"
-    return text + (", channels_last" if channels_last else "")
+    text += ", channels_last" if channels_last else ""
+    return text if tf32 is None else text + (", TF32 convolutions and matmuls" if tf32 else ", no TF32")
 
 
 def format_duration(seconds: float) -> str:
@@ -280,7 +282,7 @@ def start_run_report(*, config, device, preset: str | None, train_images: int, t
         epochs=config.epochs, start_epoch=start_epoch, train_images=train_images, test_images=test_images,
         steps_per_epoch=steps_per_epoch, batch_size=config.batch_size,
         precision=precision_text(device.type, amp=config.amp, channels_last=config.channels_last,
-                                 cpu_bf16=config.cpu_bf16),
+                                 cpu_bf16=config.cpu_bf16, tf32=config.tf32),
         world_size=world_size, out_dir=out_dir, eval_split=config.eval_split,
     ))
     return RunReporter(write=write, device_type=device.type, device=words, epochs=config.epochs,

@@ -6,8 +6,8 @@ A run resumed after a stop may run with other runtime settings than the epochs b
 floating-point reduction order or the kernels, so the last bits of every step, and
 through training the final metrics a little: the torch intra-op thread count, the
 device, the number of processes, the torch version, bf16 autocast, channels-last,
-torch.compile, deterministic kernels, synchronised BatchNorm. The pipeline (classic or
-fast) changes the augmentation code itself.
+torch.compile, deterministic kernels, TF32 on CUDA, synchronised BatchNorm. The pipeline
+(classic or fast) changes the augmentation code itself. CUDA graphs replay the same kernels.
 
 ``segments.jsonl`` in the run folder holds one record per stretch of epochs trained by
 one start: ``first_epoch`` (1-based) and the facts of ``runtime_facts``. A record of a
@@ -26,9 +26,9 @@ from ccmix.io import read_jsonl, write_jsonl
 SEGMENTS = "segments.jsonl"
 # Facts whose change can alter the numbers (in the last bits, except the pipeline), in the order they are named.
 NUMERIC_FACTS = ("pipeline", "device", "world_size", "torch_threads", "torch", "amp", "cpu_bf16", "channels_last",
-                 "compile", "deterministic", "sync_bn")
+                 "compile", "deterministic", "tf32", "sync_bn")
 # Recorded for the reader, never a reason for other numbers.
-OTHER_FACTS = ("num_workers", "host")
+OTHER_FACTS = ("cuda_graphs", "num_workers", "host")
 
 
 def runtime_facts(config: TrainConfig, device: torch.device, world_size: int, pipeline: str, sync_bn: bool) -> dict:
@@ -36,7 +36,8 @@ def runtime_facts(config: TrainConfig, device: torch.device, world_size: int, pi
 
     ``pipeline``: the pipeline that builds the batches (``classic`` or ``fast``, after any
     fallback); ``sync_bn``: whether BatchNorm is synchronised over processes. amp and
-    channels_last are recorded as they apply (on CUDA only), cpu_bf16 too (on the CPU only).
+    channels_last and tf32 are recorded as they apply (on CUDA only), cpu_bf16 too (on the CPU only), cuda_graphs
+    as ``ccmix.method.step`` applies it (compile on one CUDA device without gradient accumulation).
     """
     on_cuda = device.type == "cuda"
     name = f"cuda ({torch.cuda.get_device_name(device)})" if on_cuda else device.type
@@ -45,7 +46,9 @@ def runtime_facts(config: TrainConfig, device: torch.device, world_size: int, pi
         "torch": torch.__version__, "amp": bool(config.amp and on_cuda),
         "cpu_bf16": bool(config.cpu_bf16 and not on_cuda),
         "channels_last": bool(config.channels_last and on_cuda), "compile": bool(config.compile),
-        "deterministic": bool(config.deterministic), "sync_bn": bool(sync_bn),
+        "deterministic": bool(config.deterministic), "tf32": bool(config.tf32 and on_cuda), "sync_bn": bool(sync_bn),
+        "cuda_graphs": bool(config.compile and config.cuda_graphs and on_cuda and world_size == 1
+                            and config.grad_accum_steps == 1),
         "num_workers": int(config.num_workers) if pipeline == "classic" else 0, "host": platform.node(),
     }
 
