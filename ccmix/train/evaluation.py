@@ -5,12 +5,19 @@ Augmentation" (IEEE TIP 2024) is evaluated alike: top-1 accuracy on the balanced
 set (``eval_split``: a list dataset's val or test list, else the test set) and its many/medium/few-shot groups (train counts > 100, 20..100, < 20 for the
 CIFAR-LT convention). Under several processes each rank predicts a strided shard of the
 test set and the shards are merged back into test-set order.
+
+The test set reaches the model through a DataLoader of PIL test views (the classic
+pipeline) or, with the fast pipeline, as uint8 batches already on the device
+(``ccmix.data.pipelines.test_batches``), normalised there to the same values;
+``build_test_source`` chooses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +26,10 @@ import torch
 from ccmix.config.fields import TrainConfig
 from ccmix.config.rules import ConfigError
 from ccmix.config.validation import apply_overrides, validate
+from ccmix.data.pipelines.build import resolve_pipeline
+from ccmix.data.pipelines.test_batches import DeviceTestSource, ResidentTestImages
 from ccmix.data.pipelines.workers import EndWithParent
+from ccmix.data.views import normalization
 from ccmix.io import write_json
 from ccmix.method.collectives import DistContext
 from ccmix.method.metrics import shot_accuracy
@@ -27,11 +37,21 @@ from ccmix.method.step import to_memory_format
 from ccmix.train import checkpoint as ckpt
 from ccmix.train.distributed import broadcast_buffers, gather_strided_shards, resolve_device
 
+DEVICE_TEST_BATCH = 1024  # images per batch of device-resident evaluation (or batch_size, when larger)
+
 
 @torch.no_grad()
 def predict(model, loader, device: torch.device, config: TrainConfig | None = None, with_embedding: bool = False,
             max_items: int | None = None) -> dict:
-    """Return test predictions as numpy arrays: preds, labels (and features, embedding when asked)."""
+    """Return test predictions as numpy arrays: preds, labels (and features, embedding when asked).
+
+    ``loader``: a DataLoader of normalised test views, or a ``DeviceTestSource`` (preds and labels only).
+    """
+    if isinstance(loader, DeviceTestSource):
+        if with_embedding or max_items is not None:
+            raise ValueError("device-resident test batches give predictions only; use build_test_loader's "
+                             "DataLoader for embeddings or max_items")
+        return predict_on_device(model, loader, device, config)
     model.eval()
     inner = model.module if hasattr(model, "module") else model
     preds, labels, features, embeddings = [], [], [], []
@@ -62,6 +82,35 @@ def predict(model, loader, device: torch.device, config: TrainConfig | None = No
     return result
 
 
+@torch.no_grad()
+def predict_on_device(model, source: DeviceTestSource, device: torch.device,
+                      config: TrainConfig | None = None) -> dict:
+    """Return numpy preds and labels (int64 (n,)) of the rank's shard in ``source``, in test-set order.
+
+    Nothing is read back per batch: predictions and labels gather on the device and cross to the
+    host in one transfer at the end. Logits in fp32, as ``predict``.
+    """
+    model.eval()
+    inner = model.module if hasattr(model, "module") else model
+    preds, labels = [], []
+    for images, targets in source.batches():
+        with _full_precision(device):
+            logits = inner.classify(to_memory_format(images, config))
+        preds.append(logits.argmax(dim=1))
+        labels.append(targets)
+    if not preds:  # a rank whose shard is empty (fewer test images than processes)
+        return {"preds": np.zeros(0, dtype=np.int64), "labels": np.zeros(0, dtype=np.int64)}
+    pairs = torch.stack((torch.cat(preds), torch.cat(labels).to(torch.int64)), dim=1).cpu().numpy()  # (n, 2)
+    return {"preds": pairs[:, 0].copy(), "labels": pairs[:, 1].copy()}
+
+
+def _full_precision(device: torch.device):
+    """Return a context with autocast off on ``device`` (a no-op where the device type has no autocast)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def evaluate(model, loader, device: torch.device, train_counts, config: TrainConfig) -> dict:
     """Return shot_accuracy metrics (percent) on ``loader`` plus the raw preds and labels."""
     predictions = predict(model, loader, device, config)
@@ -79,7 +128,8 @@ def evaluate_distributed(model, loader, device, train_counts, config: TrainConfi
     broadcast_buffers(model, context)  # every shard is predicted by the model rank 0 checkpoints
     local = predict(model, loader, device, config)
     pairs = np.stack([local["preds"], local["labels"]], axis=1).astype(np.int64)  # (shard, 2)
-    merged = gather_strided_shards(pairs, len(loader.dataset), context)
+    total = loader.num_images if isinstance(loader, DeviceTestSource) else len(loader.dataset)
+    merged = gather_strided_shards(pairs, total, context)
     preds, labels = merged[:, 0], merged[:, 1]
     metrics = shot_accuracy(preds, labels, train_counts, many=config.many_threshold, few=config.few_threshold)
     metrics.update(preds=preds, labels=labels)
@@ -96,6 +146,48 @@ def build_test_loader(test, config: TrainConfig, device: torch.device, context: 
         num_workers=config.num_workers, pin_memory=device.type == "cuda",
         worker_init_fn=EndWithParent() if config.num_workers > 0 else None,  # no orphans after a kill -9
     )
+
+
+def build_test_source(test, config: TrainConfig, device: torch.device, context: DistContext | None = None):
+    """Return what evaluation iterates over the test set: a ``DeviceTestSource`` or the DataLoader.
+
+    With the fast pipeline (``resolve_pipeline``) the CIFAR recipe's test set is decoded here, once,
+    into a uint8 tensor on ``device`` (``ResidentTestImages``); the ImageNet recipe decodes per
+    evaluation with ``ccmix.data.pipelines.fast_imagenet.imagenet_test_batches`` where that exists.
+    Otherwise, and for test images that are not all one size, the DataLoader of ``build_test_loader``.
+    Each rank takes the shard ``rank::world_size``, as the DataLoader's sampler does.
+    """
+    if resolve_pipeline(config.pipeline, device) != "fast":
+        return build_test_loader(test, config, device, context)
+    rank, world_size = (context.rank, context.world_size) if context is not None and context.enabled else (0, 1)
+    batch_size = max(DEVICE_TEST_BATCH, config.batch_size)
+    recipe = config.resolved_view_recipe
+    if recipe == "cifar":
+        try:
+            uint8_batches = ResidentTestImages(test, batch_size, device, rank, world_size)
+        except ValueError as error:  # images of several sizes do not form one tensor
+            warnings.warn(f"the test images do not form one uint8 tensor ({error}); evaluating through the "
+                          "DataLoader instead.", UserWarning, stacklevel=2)
+            return build_test_loader(test, config, device, context)
+    else:
+        imagenet_test_batches = _imagenet_test_batches()
+        if imagenet_test_batches is None:
+            return build_test_loader(test, config, device, context)
+        uint8_batches = partial(imagenet_test_batches, test, batch_size, device, rank=rank, world_size=world_size)
+    mean, std = normalization(config.dataset, recipe)
+    return DeviceTestSource(uint8_batches, len(test), mean, std, device)
+
+
+def _imagenet_test_batches():
+    """Return ``ccmix.data.pipelines.fast_imagenet.imagenet_test_batches``, or None where it does not exist."""
+    module = "ccmix.data.pipelines.fast_imagenet"
+    try:
+        from ccmix.data.pipelines.fast_imagenet import imagenet_test_batches
+    except ImportError as error:
+        if error.name != module:  # the module exists and fails to import: a fault to show, not a fallback
+            raise
+        return None
+    return imagenet_test_batches
 
 
 # --------------------------------------------------------------------------- models from configs and checkpoints
@@ -256,6 +348,6 @@ def single_device(config: TrainConfig) -> torch.device:
         raise ConfigError(str(error)) from None
 
 
-__all__ = ["EvalNotSavedWarning", "build_run_model", "build_test_loader", "embed_test_set", "eval_result_path",
-           "evaluate", "evaluate_checkpoint", "evaluate_distributed", "load_model", "model_description", "predict",
-           "save_eval_result", "single_device"]
+__all__ = ["DEVICE_TEST_BATCH", "EvalNotSavedWarning", "build_run_model", "build_test_loader", "build_test_source",
+           "embed_test_set", "eval_result_path", "evaluate", "evaluate_checkpoint", "evaluate_distributed",
+           "load_model", "model_description", "predict", "predict_on_device", "save_eval_result", "single_device"]

@@ -67,7 +67,7 @@ from ccmix.train.distributed import (
 )
 from ccmix.train.evaluation import (
     build_run_model,
-    build_test_loader,
+    build_test_source,
     embed_test_set,
     evaluate,
     evaluate_checkpoint,
@@ -79,6 +79,7 @@ from ccmix.train.evaluation import (
 from ccmix.train.guard import Guard, guarded_run
 from ccmix.train.interrupt import check_step_boundary
 from ccmix.train.loggers import check_logger, open_run_log
+from ccmix.train.numerics import apply_numerics, request_deterministic_cublas
 from ccmix.train.precision import check_cpu_bf16
 from ccmix.train.report import start_run_report
 from ccmix.train.run_folder import Resumed, RunFolder, load_run_config, shot_record
@@ -217,7 +218,7 @@ def _train(config: TrainConfig, folder: RunFolder, guard: Guard, context: DistCo
     loss_function = step_loss_function(config, device, context)  # compiled once per run when config.compile
     pipeline = build_train_pipeline(train, config, device)
     _record_segment(folder, config, context, pipeline, sync_bn, progress.epoch)
-    test_loader = build_test_loader(test, config, device, context)
+    test_source = build_test_source(test, config, device, context)  # fast pipeline: decoded onto the device once
     _describe_run(folder, config, preset_name_for(config, preset), train, test, context, identity)
     folder.write_metrics(progress.history)
     # header, estimate and epoch lines on stdout: readable under papermill's --log-output and in logs
@@ -230,7 +231,7 @@ def _train(config: TrainConfig, folder: RunFolder, guard: Guard, context: DistCo
         restore_rng_state(resumed.rng)  # the generators stand exactly where the saved run's stood
 
     def evaluate_model() -> dict:
-        return evaluate_distributed(model, test_loader, device, train.class_counts, config, context)
+        return evaluate_distributed(model, test_source, device, train.class_counts, config, context)
 
     run_log = open_run_log(config, folder.path, context.is_main, pipeline.steps_per_epoch, progress.epoch)
     bar = tqdm(range(progress.epoch, config.epochs), desc="training", initial=progress.epoch,
@@ -276,6 +277,8 @@ def _train(config: TrainConfig, folder: RunFolder, guard: Guard, context: DistCo
 
 def _join_processes(config: TrainConfig) -> DistContext:
     """Return this process's DistContext (joining torchrun's group), with the global generators seeded."""
+    if config.device != "cpu":  # cuBLAS reads its workspace setting once: set it before CUDA starts
+        request_deterministic_cublas(config.deterministic)
     try:
         context = init_distributed(config.device)
     except ValueError as error:  # device=cuda on a machine without CUDA
@@ -286,8 +289,7 @@ def _join_processes(config: TrainConfig) -> DistContext:
         except ValueError as error:
             cleanup(context)
             raise ConfigError(str(error)) from None
-    if config.deterministic and context.device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    apply_numerics(config, context.device)  # deterministic kernels, cuDNN autotuning, TF32
     seed_everything(config.seed)
     return context
 
