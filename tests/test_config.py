@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -318,3 +319,13 @@ def test_fields_are_listed_for_the_command_line():
     helped = subprocess.run([sys.executable, "-m", "ccmix", "train", "--help"], capture_output=True, text=True,
                             check=True)
     assert "max_steps_per_epoch" in helped.stdout and "recipe" in helped.stdout
+
+
+def test_every_command_prints_its_help():
+    from ccmix.experiments.commands import build_parser
+
+    parser = build_parser()
+    subcommands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    assert parser.format_help().count("\n") > 5  # the top-level list formats every command's one-line help
+    for name, command in subcommands.choices.items():
+        assert name in command.format_help()

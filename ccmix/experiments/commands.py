@@ -61,6 +61,11 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.recipe == "imagenet":
+        from ccmix.experiments.bench_imagenet import run_imagenet_bench
+
+        _print_json(run_imagenet_bench(num_images=args.images, batch_size=args.batch_size, device=args.device))
+        return 0
     from ccmix.experiments.bench import run_bench
 
     _print_json(run_bench(quick=args.quick, device=args.device, preset=args.preset))
@@ -130,15 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
                          "accepted values and help")
     presets.set_defaults(handler=_presets)
 
-    bench = commands.add_parser("bench", help="measure data-pipeline and training throughput; prints one JSON line")
-    bench.add_argument("--quick", action="store_true", help="a short measurement (under a minute on 2 CPU cores)")
+    bench = commands.add_parser("bench", help="measure data-pipeline and training throughput (each figure the best "
+                                "of 3 rounds of at least 1 s, with the machine's load); prints one JSON line")
+    bench.add_argument("--quick", action="store_true", help="a short measurement (under a minute on 2 idle CPU cores)")
     bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="auto (the default): CUDA when present, else the CPU")
     bench.add_argument("--preset", default="cifar100_imb100")
+    bench.add_argument("--recipe", choices=("cifar", "imagenet"), default="cifar",
+                       help="cifar (the default): the preset's CIFAR pipelines; imagenet: classic against fast ImageNet "
+                            "data paths on generated JPEGs")
+    bench.add_argument("--images", type=int, default=2000, help="--recipe imagenet: JPEGs generated (300-500 px)")
+    bench.add_argument("--batch-size", type=int, default=256, help="--recipe imagenet: pairs per batch")
     bench.set_defaults(handler=_bench)
 
     report = commands.add_parser(
-        "report", help="the runs of a sweep over seeds: mean, sd and 95% CI per grid point, and differences to a "
+        "report", help="the runs of a sweep over seeds: mean, sd and 95%% CI per grid point, and differences to a "
                        "baseline point", description="Print one row per grid point of the completed runs under "
         "RUNS_DIR: mean ± 95% CI half-width (t, n-1 dof) and sd (ddof=1) over seeds of final and best top-1 and "
         "many/medium/few. notebooks/ablate.ipynb draws the same as a figure.")

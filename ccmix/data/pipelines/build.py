@@ -2,7 +2,8 @@
 
 Both produce the pair batches of Contrastive CutMix (Pan et al., "Enhanced Long-Tailed
 Recognition with Contrastive CutMix Augmentation", IEEE TIP 2024) with the same
-contract; the fast one is imported only when it is chosen.
+contract; the fast one is imported only when it is chosen. On the CPU the fast one builds each
+batch with one torch intra-op thread (``ccmix.data.pipelines.threads``).
 """
 
 from __future__ import annotations
@@ -15,20 +16,33 @@ from ccmix.config.rules import ConfigError
 
 def resolve_pipeline(pipeline: str, device: torch.device | str) -> str:
     """Return ``classic`` or ``fast``: ``pipeline`` itself, or for ``auto`` fast on CUDA and classic otherwise."""
-    if pipeline not in PIPELINES:
-        raise ConfigError(f"pipeline {pipeline!r} is not accepted; choose one of: {', '.join(PIPELINES)}")
-    if pipeline == "auto":
-        return "fast" if torch.device(device).type == "cuda" else "classic"
-    return pipeline
+    return resolve_by_device("pipeline", pipeline, PIPELINES, device, on_cuda="fast", elsewhere="classic")
+
+
+def resolve_by_device(field: str, value: str, choices, device: torch.device | str, on_cuda: str,
+                      elsewhere: str) -> str:
+    """Return ``value`` of the runtime ``field``, or for ``auto`` ``on_cuda`` on CUDA and ``elsewhere`` otherwise."""
+    if value not in choices:
+        raise ConfigError(f"{field} {value!r} is not accepted; choose one of: {', '.join(choices)}")
+    if value == "auto":
+        return on_cuda if torch.device(device).type == "cuda" else elsewhere
+    return value
 
 
 def build_train_pipeline(train, config: TrainConfig, device: torch.device | str):
-    """Return the training pipeline (``steps_per_epoch``, ``batches(epoch, rank, world_size)``) for ``config``."""
+    """Return the training pipeline (``steps_per_epoch``, ``batches(epoch, rank, world_size)``) for ``config``.
+
+    The fast pipeline is a ``FastTrainPipeline`` that, on the CPU, builds each batch under one intra-op thread.
+    """
     device = torch.device(device)
     if resolve_pipeline(config.pipeline, device) == "fast":
-        from ccmix.data.pipelines.fast import FastTrainPipeline
+        if config.resolved_view_recipe == "imagenet" and hasattr(train, "paths"):  # image files: bytes, then views
+            from ccmix.data.pipelines.fast_imagenet import FastImageNetPipeline
 
-        return FastTrainPipeline(train, config, device)
+            return FastImageNetPipeline(train, config, device)
+        from ccmix.data.pipelines.threads import CpuFastTrainPipeline
+
+        return CpuFastTrainPipeline(train, config, device)
     from ccmix.data.pipelines.classic import ClassicTrainPipeline
 
     return ClassicTrainPipeline(train, config, device)
