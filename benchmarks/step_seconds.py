@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/step_seconds.py [--batch-size 256] [--steps 3] [--device cpu] [--methods la,concutmix]
                                          [--compile off|on|both] [--compile-backend inductor] [--arch resnet32]
+                                         [--deterministic]
 Prints one JSON line: {"device": ..., "batch_size": ..., "seconds_per_step": {method: seconds},
 "samples_per_second": {method: pairs/s}}; with --compile both, also "compiled": the same two
 tables for the compiled step and "compile_seconds" (the first compiled steps, compilation included).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -65,6 +67,15 @@ def time_steps(method: str, batch_size: int, steps: int, device: torch.device, c
     return {"seconds_per_step": seconds, "samples_per_second": batch_size / seconds, "warmup_seconds": warmup_seconds}
 
 
+def use_deterministic_kernels() -> None:
+    """Make torch pick deterministic kernels; an operation without one warns instead of stopping the timing."""
+    # cuBLAS is deterministic only with a fixed workspace, which must be set before CUDA starts
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 def main() -> None:
     """Print the seconds per step (and samples/s) of the chosen methods as one JSON line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,7 +88,12 @@ def main() -> None:
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend (inductor; eager or aot_eager only check the capture)")
     parser.add_argument("--arch", default="resnet32", help="encoder (tiny: a quick try of the script)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic, no "
+                             "cuDNN autotuning), to time what they cost")
     args = parser.parse_args()
+    if args.deterministic:
+        use_deterministic_kernels()
     device = torch.device(args.device)
     methods = [name for name in args.methods.split(",") if name]
     unknown = [name for name in methods if name not in METHODS]
@@ -85,7 +101,7 @@ def main() -> None:
         parser.error(f"--methods {unknown[0]!r} is not accepted; give some of {', '.join(METHODS)}")
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else args.device,
               "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
-              "arch": args.arch, "steps": args.steps}
+              "arch": args.arch, "steps": args.steps, "deterministic": args.deterministic}
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     for compiled in modes:
         timings = {method: time_steps(method, args.batch_size, args.steps, device, compiled=compiled,
