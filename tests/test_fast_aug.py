@@ -462,3 +462,25 @@ def test_channels_last_inputs_give_the_same_views():
         else:
             torch.testing.assert_close(view0, expected[0], atol=1e-5, rtol=0)
             torch.testing.assert_close(contrastive, expected[1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_one_axis_warps_equal_the_two_dimensional_kernel(interpolation, axis):
+    from ccmix.data.augment.geometry import pil_affine
+
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (12, 3, 37, 29), generator=generator).float()
+    shear = (torch.rand(12, generator=generator, dtype=torch.float64) - 0.5) * 0.6
+    shift = (torch.rand(12, generator=generator, dtype=torch.float64) - 0.5) * 30.0
+    shear[:4], shift[4:8] = 0.0, 0.0  # pure translations, pure shears, both
+    ones, zeros = torch.ones(12, dtype=torch.float64), torch.zeros(12, dtype=torch.float64)
+    columns = (ones, shear, shift, zeros, ones, zeros) if axis == "x" else (ones, zeros, zeros, shear, ones, shift)
+    coefficients = torch.stack(columns, dim=1)
+    fill = (124.0, 116.0, 104.0)
+    two_d = pil_affine(images, coefficients, fill, interpolation)
+    one_axis = pil_affine(images, coefficients, fill, interpolation, axis)
+    assert not torch.equal(two_d, images)
+    assert torch.equal(one_axis, two_d)
+    with pytest.raises(ValueError, match="axis 'z' is not accepted"):
+        pil_affine(images, coefficients, fill, interpolation, "z")

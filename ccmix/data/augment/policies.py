@@ -231,23 +231,35 @@ def _randaugment_handlers(fill: tuple[float, float, float]) -> list:
         lambda images, p: autocontrast_(images),
         lambda images, p: equalize(images),
         lambda images, p: solarize(images, torch.zeros_like(p["argument"])),  # invert
+        # subset launch only: warps along one axis (ShearX, TranslateX; ShearY, TranslateY), same values as 0 and 1
+        lambda images, p: pil_affine(images, p["coefficients"], fill, "bilinear", "x"),
+        lambda images, p: pil_affine(images, p["coefficients"], fill, "bicubic", "x"),
+        lambda images, p: pil_affine(images, p["coefficients"], fill, "bilinear", "y"),
+        lambda images, p: pil_affine(images, p["coefficients"], fill, "bicubic", "y"),
     ]
 
 
 _RA_OVERWRITES = (False, False, True, True, False, False, True, False, False)  # handlers modifying their input
+_RA_CONSTANT_HANDLERS = len(_RA_OVERWRITES)  # the constant launch keeps the 2-D warps: no extra whole-batch warps
 # Per op code: its group in ``_randaugment_handlers`` (none for Brightness, Color and Contrast, which are one
-# blend), and whether it is geometric (group 0 bilinear or 1 bicubic, drawn per image).
-_RA_NO_GROUP = 9  # len(_randaugment_handlers(fill))
+# blend), and whether it is geometric (group 0 bilinear or 1 bicubic, drawn per image; for the subset launch,
+# plus the offset of its one-axis pair of groups, 9 for x and 11 for y, or 0 for Rotate).
+_RA_NO_GROUP = -1  # outside the handlers: the image is left unchanged
 _RA_GROUP_OF_OP = torch.tensor([
     {"Sharpness": 2, "Posterize": 3, "Solarize": 4, "SolarizeAdd": 5, "AutoContrast": 6, "Equalize": 7,
      "Invert": 8}.get(name, _RA_NO_GROUP) for name in RANDAUGMENT_OPS
 ])
 _RA_IS_GEOMETRIC = torch.tensor([name in ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
                                  for name in RANDAUGMENT_OPS])
+_RA_AXIS_GROUP = torch.tensor([{"ShearX": 9, "TranslateXRel": 9, "ShearY": 11, "TranslateYRel": 11}.get(name, 0)
+                               for name in RANDAUGMENT_OPS])
 
 
-def _randaugment_slot(params: dict, slot: int, height: int, width: int) -> dict:
-    """Return the CPU per-image parameters of RandAugment slot ``slot`` (as ``_autoaugment_slot``; "argument")."""
+def _randaugment_slot(params: dict, slot: int, height: int, width: int, one_axis: bool = False) -> dict:
+    """Return the CPU per-image parameters of RandAugment slot ``slot`` (as ``_autoaugment_slot``; "argument").
+
+    ``one_axis``: shears and translations go to the one-axis warp groups (subset launch).
+    """
     op = params["op"][:, slot]
     fire = params["apply"][:, slot]
     argument = params["argument"][:, slot]
@@ -257,7 +269,8 @@ def _randaugment_slot(params: dict, slot: int, height: int, width: int) -> dict:
     blend = torch.stack((torch.where(blending, argument, torch.ones_like(argument)),
                          torch.where(is_blend["Color"], 1.0 - argument, zeros),
                          torch.where(is_blend["Contrast"], 1.0 - argument, zeros)), dim=1)
-    group = torch.where(_RA_IS_GEOMETRIC[op], params["bicubic"][:, slot].long(), _RA_GROUP_OF_OP[op])
+    warp = params["bicubic"][:, slot].long() + (_RA_AXIS_GROUP[op] if one_axis else 0)
+    group = torch.where(_RA_IS_GEOMETRIC[op], warp, _RA_GROUP_OF_OP[op])
     return {"blend": blend, "blends": blending, "group": torch.where(fire, group, _RA_NO_GROUP),
             "argument": argument, "coefficients": randaugment_coefficients(op, argument, height, width)}
 
@@ -272,7 +285,7 @@ def prepare_randaugment(params: dict, height: int, width: int) -> dict:
 
 def apply_prepared_randaugment(images: torch.Tensor, prepared: dict, fill: tuple[float, float, float]) -> torch.Tensor:
     """Return new float 0..255 images after RandAugment with constant launches (``prepare_randaugment``'s params)."""
-    handlers = _randaugment_handlers(fill)
+    handlers = _randaugment_handlers(fill)[:_RA_CONSTANT_HANDLERS]
     for slot in prepared.values():
         blend_(images, slot["blend"][:, 0], slot["blend"][:, 1], slot["blend"][:, 2])
         images = apply_masked(images, slot["group"], handlers,
@@ -287,7 +300,8 @@ def apply_randaugment(images: torch.Tensor, params: dict, fill: tuple[float, flo
     ``params`` from ``sample_randaugment``; ``fill`` is the 0..255 RGB colour of uncovered
     pixels. Per slot: Brightness, Color and Contrast as one per-image blend with factor
     ``argument``, the rest by kind (geometric ops by resampling). ``launch`` "subset"
-    (images modified in place): group-wise, as ``apply_autoaugment``; "constant":
+    (images modified in place): group-wise, as ``apply_autoaugment``, shears and
+    translations interpolated along their one axis (``pil_affine``'s ``axis``); "constant":
     ``apply_prepared_randaugment``, the same values.
     """
     check_launch(launch)
@@ -296,7 +310,7 @@ def apply_randaugment(images: torch.Tensor, params: dict, fill: tuple[float, flo
         return apply_prepared_randaugment(images, prepare_randaugment(params, height, width), fill)
     handlers = _randaugment_handlers(fill)
     for slot in range(params["op"].shape[1]):
-        slot_params = _randaugment_slot(params, slot, height, width)
+        slot_params = _randaugment_slot(params, slot, height, width, one_axis=True)
         if slot_params["blends"].numpy().any():  # CPU draws: .numpy() reads them on the host
             blend = slot_params["blend"]
             blend_(images, blend[:, 0], blend[:, 1], blend[:, 2])
