@@ -19,6 +19,7 @@ from ccmix.config.rules import ConfigError
 from ccmix.config.validation import validate
 from ccmix.data.augment.blur import blur_reach, box_blur_weights, pil_box_radius
 from ccmix.data.augment.colour import apply_color_jitter
+from ccmix.data.augment.dispatch import one_image_at_a_time
 from ccmix.data.augment.draws import sample_color_jitter, sample_contrastive
 from ccmix.data.augment.packing import ALIGNMENT, pack, pack_to_device, unpack
 from ccmix.data.augment.policies import apply_randaugment, sample_randaugment
@@ -181,11 +182,13 @@ def test_constant_and_subset_give_identical_cifar_views(seed):
         assert torch.equal(subset, constant), views.__name__
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_constant_and_subset_give_identical_randaugment_and_jitter(seed):
-    images = random_images(64, seed, size=48).float()
-    randaugment = sample_randaugment(64, torch.Generator().manual_seed(seed), image_size=(48, 48))
-    jitter = sample_color_jitter(64, torch.Generator().manual_seed(seed + 1), strength=(0.4, 0.4, 0.4, 0.1))
+@pytest.mark.parametrize(("seed", "size", "count"), [(0, 48, 64), (1, 48, 64), (2, 112, 24)])
+def test_constant_and_subset_give_identical_randaugment_and_jitter(seed, size, count):
+    # at 112x112 the subset launch blends image by image on the CPU (one_image_at_a_time), at 48x48 in one pass
+    images = random_images(count, seed, size=size).float()
+    assert one_image_at_a_time(images) == (size == 112)
+    randaugment = sample_randaugment(count, torch.Generator().manual_seed(seed), image_size=(size, size))
+    jitter = sample_color_jitter(count, torch.Generator().manual_seed(seed + 1), strength=(0.4, 0.4, 0.4, 0.1))
     results = {}
     for launch in ("subset", "constant"):
         out = apply_randaugment(images.clone(), randaugment, (124.0, 116.0, 104.0), launch=launch)

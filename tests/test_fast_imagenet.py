@@ -11,14 +11,17 @@ import torch
 from PIL import Image
 
 from ccmix.config.fields import TrainConfig
-from ccmix.data.augment.colour import apply_color_jitter
+from ccmix.data.augment.colour import apply_color_jitter, blend_, blend_image_, blend_rows_
+from ccmix.data.augment.dispatch import one_image_at_a_time
 from ccmix.data.augment.draws import sample_color_jitter
 from ccmix.data.augment.imagenet_views import color_jitter_
 from ccmix.data.augment.resample import resize_centre_crop
 from ccmix.data.datasets import build_datasets, folder_dataset
 from ccmix.data.decode import decode_images, read_bytes
+from ccmix.data.pipelines import imagenet_steps
 from ccmix.data.pipelines.build import build_train_pipeline
 from ccmix.data.pipelines.fast_imagenet import FastImageNetPipeline, imagenet_test_batches
+from ccmix.data.pipelines.imagenet_steps import step_generator
 from ccmix.data.views import IMAGENET_MEAN, IMAGENET_STD
 
 # (width, height, mode, format) of the training files, classes in turn: landscape, portrait, tiny, grey, PNG
@@ -147,9 +150,11 @@ def test_build_routes_the_imagenet_recipe_with_pipeline_fast_here(tree):
     assert not isinstance(build_train_pipeline(train, _config(tree, pipeline="classic"), "cpu"), FastImageNetPipeline)
 
 
-def test_colour_jitter_equals_the_batched_jitter_and_skips_only_zero_hue():
+@pytest.mark.parametrize("size", [(40, 48), (112, 120)])
+def test_colour_jitter_equals_the_batched_jitter_and_skips_only_zero_hue(size):
     generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (12, 3, 40, 48), generator=generator).float()
+    images = torch.randint(0, 256, (12, 3, *size), generator=generator).float()
+    assert one_image_at_a_time(images) == (size[0] >= 112)  # the image-by-image form on the CPU
     params = sample_color_jitter(12, generator, (0.4, 0.4, 0.4, 0.1), 0.8)
     assert (params["hue"] != 0).all()
     assert torch.equal(color_jitter_(images.clone(), params), apply_color_jitter(images.clone(), params))
@@ -157,6 +162,53 @@ def test_colour_jitter_equals_the_batched_jitter_and_skips_only_zero_hue():
     # the reference rotates by 0 through HSV, which rounds in float32
     torch.testing.assert_close(color_jitter_(images.clone(), params), apply_color_jitter(images.clone(), params),
                                atol=2e-3, rtol=0)
+
+
+def test_blends_image_by_image_equal_one_batched_blend_and_leave_identity_rows_alone():
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (8, 3, 112, 112), generator=generator).float()
+    factor = torch.empty(8, dtype=torch.float64).uniform_(0.1, 1.9, generator=generator)
+    # brightness, contrast, saturation, identity, then a made-up row using both weights at once
+    kinds = [(1, 0, 0), (0, 1, 0), (0, 0, 1), None, (1, 0, 0), (0, 1, 0), None, (0, 1, 1)]
+    blend = torch.tensor([[1.0, 0.0, 0.0] if kind is None else
+                          [f, (1 - f) * kind[2], (1 - f) * kind[1]] for f, kind in zip(factor.tolist(), kinds)],
+                         dtype=torch.float64)
+    blends = torch.tensor([kind is not None for kind in kinds])
+    assert one_image_at_a_time(images)
+    by_image = blend_rows_(images.clone(), blend, blends)
+    batched = blend_(images.clone(), blend[:, 0], blend[:, 1], blend[:, 2])
+    assert torch.equal(by_image, batched)
+    assert torch.equal(by_image[~blends], images[~blends]) and not torch.equal(by_image[blends], images[blends])
+    for row in range(8):  # blend_image_ on one image with the weights as numbers
+        weights = blend[row].float().tolist()
+        assert torch.equal(blend_image_(images[row:row + 1].clone(), *weights), batched[row:row + 1])
+
+
+def test_views_made_in_chunks_equal_views_made_in_one_pass(tree, monkeypatch):
+    config = _config(tree, pipeline="fast")
+    train = folder_dataset(tree, "train")
+    batches = {}
+    for chunk in (3, 10_000):  # 3: every block in pieces, the last one short
+        monkeypatch.setattr(imagenet_steps, "CPU_CHUNK_ROWS", chunk)
+        batches[chunk] = list(FastImageNetPipeline(train, config, "cpu").batches(0))
+    for small, whole in zip(batches[3], batches[10_000]):
+        for key, value in vars(small).items():
+            assert torch.equal(value, getattr(whole, key)), key
+
+
+def test_worker_built_views_are_made_in_shared_memory(tree):
+    config = _config(tree, pipeline="fast")
+    pipeline = FastImageNetPipeline(folder_dataset(tree, "train"), config, "cpu")
+    step = pipeline.epoch_plan(0)[0]
+    data = [read_bytes(pipeline.paths[index]) for index in step["files"]]
+    made = {}
+    for shared in (False, True):
+        made[shared], _ = pipeline.builder.build(data, step["files"], step["background"], step["foreground"],
+                                                 step["columns"], step["width"],
+                                                 step_generator(step["augment_seed"], step["step"]), shared=shared)
+    assert made[True].view0.is_shared() and made[True].contrastive.is_shared() and not made[False].view0.is_shared()
+    for key, value in vars(made[False]).items():
+        assert torch.equal(value, getattr(made[True], key)), key
 
 
 def test_test_batches_shard_the_test_set_and_crop_like_the_resize_centre_crop(tree):

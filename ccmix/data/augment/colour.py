@@ -7,7 +7,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ccmix.data.augment.dispatch import _constant, _per_image, apply_grouped, apply_masked, check_launch, to_device
+from ccmix.data.augment.dispatch import (
+    _constant,
+    _per_image,
+    apply_grouped,
+    apply_masked,
+    check_launch,
+    one_image_at_a_time,
+    to_device,
+)
 from ccmix.data.augment.tables import LUMA_WEIGHTS, MAX_VALUE
 
 
@@ -120,6 +128,43 @@ def blend_(images: torch.Tensor, factor: torch.Tensor, luma_weight: torch.Tensor
     shift = gray.mul_(_per_image(luma_weight, gray).view(-1, 1, 1))
     shift.add_((mean * _per_image(mean_weight, gray).view(-1)).view(-1, 1, 1))
     return images.mul_(_per_image(factor, images)).add_(shift.unsqueeze(1)).clamp_(0.0, MAX_VALUE)
+
+
+def blend_image_(image: torch.Tensor, factor: float, luma_weight: float, mean_weight: float) -> torch.Tensor:
+    """Return ``blend_`` of one float image (1, 3, H, W) with weights given as numbers, in place, the same values.
+
+    The weights are float32 values (as ``blend_`` casts them); the luma plane is computed
+    only where a weight needs it (not for brightness), its mean only for contrast.
+    """
+    if luma_weight == 0.0 and mean_weight == 0.0:
+        return image.mul_(factor).clamp_(0.0, MAX_VALUE)
+    gray = luma(image)
+    if luma_weight == 0.0:
+        shift = (gray.mean(dim=(1, 2)) * mean_weight).view(-1, 1, 1, 1)
+    else:
+        mean = gray.mean(dim=(1, 2)) if mean_weight != 0.0 else None
+        shift = gray.mul_(luma_weight)
+        if mean is not None:
+            shift.add_((mean * mean_weight).view(-1, 1, 1))
+        shift = shift.unsqueeze(1)
+    return image.mul_(factor).add_(shift).clamp_(0.0, MAX_VALUE)
+
+
+def blend_rows_(images: torch.Tensor, blend: torch.Tensor, blends: torch.Tensor) -> torch.Tensor:
+    """Return ``blend_(images, *blend.T)`` in place, skipping the work where it can.
+
+    blend: (B, 3) CPU ``blend_`` weights per image; blends: bool (B,) CPU, False where the
+    weights are the identity (1, 0, 0). Large CPU images (``one_image_at_a_time``): only the
+    rows that blend, one at a time (``blend_image_``); otherwise one pass over the batch if
+    any row blends. The same values either way.
+    """
+    if one_image_at_a_time(images):
+        weights = blend.float().tolist()
+        for row in torch.arange(blends.shape[0])[blends].tolist():
+            blend_image_(images[row:row + 1], *weights[row])
+    elif blends.numpy().any():  # CPU draws: .numpy() reads them on the host
+        blend_(images, blend[:, 0], blend[:, 1], blend[:, 2])
+    return images
 
 
 def _jitter_stage(params: dict, stage: int) -> dict:

@@ -14,15 +14,16 @@ IEEE TIP 2024):
 crop boxes need each source image's (height, width). Every draw of image i sits at fixed
 positions of the generator's stream whatever the other images' sizes, so a process can draw
 a whole global batch with placeholder sizes for the images other processes crop and keep its
-own rows (``select_rows``). The pixel work (``colour_views_``) takes float 0..255 crops.
+own rows (``select_rows``). The pixel work (``view0_colour_``, ``contrastive_colour_``) takes
+float 0..255 crops.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ccmix.data.augment.colour import adjust_hue, blend_, prepare_color_jitter, to_grayscale
-from ccmix.data.augment.dispatch import apply_grouped
+from ccmix.data.augment.colour import adjust_hue, blend_, blend_image_, prepare_color_jitter, to_grayscale
+from ccmix.data.augment.dispatch import apply_grouped, one_image_at_a_time
 from ccmix.data.augment.draws import sample_color_jitter, sample_contrastive, sample_resized_crop
 from ccmix.data.augment.policies import apply_randaugment, sample_randaugment
 from ccmix.data.augment.tables import IMAGENET_VIEW0_JITTER, RANDAUGMENT_MAGNITUDE_STD
@@ -99,9 +100,13 @@ def color_jitter_(images: torch.Tensor, params: dict) -> torch.Tensor:
     ``params`` from ``sample_color_jitter``. ``apply_color_jitter``'s stages, except that the
     hue rotation is skipped where the drawn shift is 0 (ColorJitter with hue 0 has no hue
     operation, and a rotation by 0 changes nothing), so view 0 pays for no HSV round trip.
+    Large CPU images (``one_image_at_a_time``) go image by image, each stage doing only that
+    image's own operation; the same values.
     """
     prepared = prepare_color_jitter(params)
     rotates = params["hue"] != 0
+    if one_image_at_a_time(images):
+        return _color_jitter_image_by_image_(images, prepared, params["hue"], rotates)
     for stage in range(4):
         weights = prepared[f"stage{stage}"]
         blend_(images, weights["blend"][:, 0], weights["blend"][:, 1], weights["blend"][:, 2])
@@ -110,37 +115,52 @@ def color_jitter_(images: torch.Tensor, params: dict) -> torch.Tensor:
     return images
 
 
-def _joined_jitter(view0: dict, contrastive: dict | None) -> dict:
-    """Return the colour-jitter draws of the view-0 rows followed by the contrastive rows (one pass for both)."""
-    keys = ("jitter", "order", "brightness", "contrast", "saturation", "hue")
-    if contrastive is None:
-        return {key: view0[key] for key in keys}
-    return {key: torch.cat((view0[key], contrastive[key])) for key in keys}
+def _color_jitter_image_by_image_(images: torch.Tensor, prepared: dict, hue: torch.Tensor,
+                                  rotates: torch.Tensor) -> torch.Tensor:
+    """Return ``color_jitter_``'s images one image at a time: per stage the image's own blend (``blend_image_``,
+    none for the identity weights (1, 0, 0)) or its hue rotation."""
+    blends = torch.stack([prepared[f"stage{stage}"]["blend"] for stage in range(4)], dim=1)  # (B, 4, 3) float32
+    hue_stage = torch.stack([prepared[f"stage{stage}"]["hue_group"] == 0 for stage in range(4)], dim=1) & \
+        rotates.unsqueeze(1)
+    for row, (weights, rotations) in enumerate(zip(blends.tolist(), hue_stage.tolist())):
+        image = images[row:row + 1]
+        for stage in range(4):
+            if weights[stage] != [1.0, 0.0, 0.0]:
+                blend_image_(image, *weights[stage])
+            if rotations[stage]:
+                image.copy_(adjust_hue(image, hue[row:row + 1]))
+    return images
 
 
-def colour_views_(crops: torch.Tensor, view0: dict, contrastive: dict | None) -> torch.Tensor:
-    """Return float 0..255 views of float 0..255 crops (B0 + Bc, 3, 224, 224): view-0 rows first, in place.
+def view0_colour_(images: torch.Tensor, params: dict) -> torch.Tensor:
+    """Return float 0..255 views 0 (B, 3, 224, 224) from float 0..255 crops, in place.
 
-    view0: ``sample_view0`` draws of the first B0 rows; contrastive: ``sample_contrastive_pairs``
-    draws of the last Bc rows, or None (Bc = 0). Colour jitter of every row in one pass
-    (``color_jitter_``), grayscale of the contrastive rows that drew it, then RandAugment
-    (fill: the ImageNet mean colour) of the view-0 rows and the chosen contrastive rows.
+    params: ``sample_view0`` draws of the B rows. Colour jitter (``color_jitter_``), then
+    RandAugment filling with the ImageNet mean colour.
     """
-    first = view0["flip"].shape[0]
-    fill = tuple(float(v) for v in mean_fill(IMAGENET_MEAN))
-    color_jitter_(crops, _joined_jitter(view0, contrastive))
-    apply_randaugment(crops[:first], view0["randaugment"], fill)
-    if contrastive is not None:
-        pairs = crops[first:]
-        apply_grouped(pairs, (~contrastive["grayscale"]).long(), _GRAYSCALE_HANDLERS, {})
-        if contrastive["randaugment"] is not None:
-            rows = contrastive["randaugment_rows"]
-            chosen = torch.arange(rows.shape[0])[rows]  # CPU draws: no device sync
-            if chosen.numel():
-                picked = pairs.index_select(0, chosen.to(pairs.device))
-                pairs.index_copy_(0, chosen.to(pairs.device),
-                                  apply_randaugment(picked, select_rows(contrastive["randaugment"], chosen), fill))
-    return crops
+    color_jitter_(images, params)
+    return apply_randaugment(images, params["randaugment"], tuple(float(v) for v in mean_fill(IMAGENET_MEAN)))
 
 
-__all__ = ["sample_view0", "sample_contrastive_pairs", "select_rows", "color_jitter_", "colour_views_"]
+def contrastive_colour_(images: torch.Tensor, params: dict) -> torch.Tensor:
+    """Return float 0..255 contrastive views (B, 3, 224, 224) from float 0..255 crops, in place.
+
+    params: ``sample_contrastive_pairs`` draws of the B rows (``select_rows`` of them for a
+    part of a batch). Colour jitter of the rows that drew it, grayscale of those that drew
+    it, then RandAugment (fill: the ImageNet mean colour) of the rows in "randaugment_rows".
+    """
+    color_jitter_(images, params)
+    apply_grouped(images, (~params["grayscale"]).long(), _GRAYSCALE_HANDLERS, {})
+    if params["randaugment"] is not None:
+        rows = params["randaugment_rows"]
+        chosen = torch.arange(rows.shape[0])[rows]  # CPU draws: no device sync
+        if chosen.numel():
+            where = chosen.to(images.device)
+            fill = tuple(float(v) for v in mean_fill(IMAGENET_MEAN))
+            picked = apply_randaugment(images.index_select(0, where), select_rows(params["randaugment"], chosen), fill)
+            images.index_copy_(0, where, picked)
+    return images
+
+
+__all__ = ["sample_view0", "sample_contrastive_pairs", "select_rows", "color_jitter_", "view0_colour_",
+           "contrastive_colour_"]

@@ -58,7 +58,15 @@ from __future__ import annotations
 
 import torch
 
-from ccmix.data.augment.colour import adjust_sharpness_, autocontrast_, blend_, equalize, posterize_, solarize
+from ccmix.data.augment.colour import (
+    adjust_sharpness_,
+    autocontrast_,
+    blend_,
+    blend_rows_,
+    equalize,
+    posterize_,
+    solarize,
+)
 from ccmix.data.augment.dispatch import _per_image, apply_grouped, apply_masked, check_launch
 from ccmix.data.augment.draws import _check_batch
 from ccmix.data.augment.geometry import autoaugment_coefficients, geometric_coefficients, pil_affine
@@ -174,9 +182,7 @@ def apply_autoaugment(images: torch.Tensor, params: dict, launch: str = "subset"
         return apply_prepared_autoaugment(images, prepare_autoaugment(params, height, width))
     for slot in range(2):
         slot_params = _autoaugment_slot(params, slot, height, width)
-        if slot_params["blends"].numpy().any():  # CPU draws: .numpy() reads them on the host
-            blend = slot_params["blend"]
-            blend_(images, blend[:, 0], blend[:, 1], blend[:, 2])
+        blend_rows_(images, slot_params["blend"], slot_params["blends"])
         apply_grouped(images, slot_params["group"], _AA_HANDLERS,
                       {"magnitude": slot_params["magnitude"], "coefficients": slot_params["coefficients"]})
     return images
@@ -311,9 +317,7 @@ def apply_randaugment(images: torch.Tensor, params: dict, fill: tuple[float, flo
     handlers = _randaugment_handlers(fill)
     for slot in range(params["op"].shape[1]):
         slot_params = _randaugment_slot(params, slot, height, width, one_axis=True)
-        if slot_params["blends"].numpy().any():  # CPU draws: .numpy() reads them on the host
-            blend = slot_params["blend"]
-            blend_(images, blend[:, 0], blend[:, 1], blend[:, 2])
+        blend_rows_(images, slot_params["blend"], slot_params["blends"])
         apply_grouped(images, slot_params["group"], handlers,
                       {"argument": slot_params["argument"], "coefficients": slot_params["coefficients"]})
     return images

@@ -61,7 +61,7 @@ class BuiltSteps(torch.utils.data.Dataset):
     def __getitem__(self, step: dict) -> tuple[StepBatch, int]:
         data = [read_bytes(self.paths[index]) for index in step["files"]]
         return self.builder.build(data, step["files"], step["background"], step["foreground"], step["columns"],
-                                  step["width"], step_generator(step["augment_seed"], step["step"]))
+                                  step["width"], step_generator(step["augment_seed"], step["step"]), shared=True)
 
 
 def _as_is(item):
