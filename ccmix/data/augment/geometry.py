@@ -16,14 +16,32 @@ from ccmix.data.augment.tables import _OP, GEOMETRIC_OPS, MAX_VALUE
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
-def _pil_source(coefficients: torch.Tensor, height: int, width: int, device: torch.device) -> tuple:
-    """Return float64 source coordinates (X, Y), each (B, H, W), of PIL affine ``coefficients`` (B, 6)."""
+def _pil_source(coefficients: torch.Tensor, height: int, width: int, device: torch.device,
+                axis: str | None = None) -> tuple:
+    """Return float64 source coordinates (X, Y), each (B, H, W), of PIL affine ``coefficients`` (B, 6).
+
+    ``axis`` "x" or "y" (``pil_affine``'s): the other coordinate is the pixel centre itself,
+    always inside the image, and is returned as None instead.
+    """
     c = to_device(coefficients, device, torch.float64)
     x = (torch.arange(width, device=device, dtype=torch.float64) + 0.5).view(1, 1, -1)
     y = (torch.arange(height, device=device, dtype=torch.float64) + 0.5).view(1, -1, 1)
-    source_x = c[:, 0].view(-1, 1, 1) * x + c[:, 1].view(-1, 1, 1) * y + c[:, 2].view(-1, 1, 1)
-    source_y = c[:, 3].view(-1, 1, 1) * x + c[:, 4].view(-1, 1, 1) * y + c[:, 5].view(-1, 1, 1)
+    source_x = source_y = None
+    if axis != "y":
+        source_x = c[:, 0].view(-1, 1, 1) * x + c[:, 1].view(-1, 1, 1) * y + c[:, 2].view(-1, 1, 1)
+    if axis != "x":
+        source_y = c[:, 3].view(-1, 1, 1) * x + c[:, 4].view(-1, 1, 1) * y + c[:, 5].view(-1, 1, 1)
     return source_x, source_y
+
+
+def _inside(source_x: torch.Tensor | None, source_y: torch.Tensor | None, height: int, width: int) -> torch.Tensor:
+    """Return bool (B, 1, H, W): where the source point lies in [0, W) x [0, H) (a None coordinate always does)."""
+    inside = None
+    for source, size in ((source_x, width), (source_y, height)):
+        if source is not None:
+            within = (source >= 0) & (source < size)
+            inside = within if inside is None else inside.logical_and_(within)
+    return inside.unsqueeze(1)
 
 
 def _cubic_weights(d: torch.Tensor) -> list[torch.Tensor]:
@@ -61,12 +79,15 @@ def pil_affine(images: torch.Tensor, coefficients: torch.Tensor, fill: tuple[flo
         raise ValueError(f"axis {axis!r} is not accepted; choose one of: None, 'x', 'y'")
     batch, channels, height, width = images.shape
     device = images.device
-    source_x, source_y = _pil_source(coefficients, height, width, device)
+    source_x, source_y = _pil_source(coefficients, height, width, device, axis if interpolation != "nearest" else None)
     flat = images.reshape(batch, channels, height * width)
 
-    def read(index: torch.Tensor) -> torch.Tensor:  # (B, H, W) int64 positions in the flattened image
+    def read(index: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Return (B, C, H, W) pixels at (B, H, W) int64 positions in the flattened image (into ``out``)."""
         index = index.view(batch, 1, -1).expand(batch, channels, height * width)
-        return flat.gather(2, index).view(batch, channels, height, width)
+        if out is None:
+            return flat.gather(2, index).view(batch, channels, height, width)
+        return torch.gather(flat, 2, index, out=out.view(batch, channels, height * width)).view_as(out)
 
     if interpolation == "nearest":
         rows, columns = source_y.floor().long().clamp_(0, height - 1), source_x.floor().long().clamp_(0, width - 1)
@@ -78,9 +99,8 @@ def pil_affine(images: torch.Tensor, coefficients: torch.Tensor, fill: tuple[flo
                            height, width)
     if interpolation == "bicubic":
         out.clamp_(0.0, MAX_VALUE)
-    inside = (source_x >= 0) & (source_x < width) & (source_y >= 0) & (source_y < height)
     fill_values = _constant(tuple(float(v) for v in fill), device, images.dtype).view(1, -1, 1, 1)
-    return torch.where(inside.unsqueeze(1), out, fill_values)
+    return torch.where(_inside(source_x, source_y, height, width), out, fill_values)
 
 
 def _kernel(interpolation: str) -> tuple:
@@ -99,11 +119,15 @@ def _resample_2d(read, source_x: torch.Tensor, source_y: torch.Tensor, interpola
     # clamped row offsets and columns once per tap, not per (row, column) pair: 44 operator calls instead of 80
     row_offsets = [(start_y + j).clamp_(0, height - 1).mul_(width) for j in range(len(wy))]
     columns = [(start_x + i).clamp_(0, width - 1) for i in range(len(wx))]
+    # the index, pixels and product of each tap go to buffers made once (warm in cache); same arithmetic
+    index, pixels, product = torch.empty_like(columns[0]), None, None
     out = None
     for row_offset, weight_y in zip(row_offsets, wy):
-        row = wx[0] * read(row_offset + columns[0])
+        row = wx[0] * read(torch.add(row_offset, columns[0], out=index))
+        pixels = torch.empty_like(row) if pixels is None else pixels
+        product = torch.empty_like(row) if product is None else product
         for column, weight_x in zip(columns[1:], wx[1:]):
-            row.add_(weight_x * read(row_offset + column))
+            row.add_(torch.mul(weight_x, read(torch.add(row_offset, column, out=index), pixels), out=product))
         out = row.mul_(weight_y) if out is None else out.add_(row.mul_(weight_y))
     return out
 
@@ -124,10 +148,15 @@ def _resample_1d(read, source: torch.Tensor, axis: str, interpolation: str, dtyp
     columns = torch.arange(width, device=source.device).view(1, 1, -1)
     fixed = rows * width if axis == "x" else columns  # the pixel's own row offset or column
     scale = 1 if axis == "x" else width
-    out = None
+    out = pixels = product = None
     for tap, weight in enumerate(taps):
-        index = (start + tap).clamp_(0, size - 1).mul_(scale).add_(fixed)
-        out = weight * read(index) if out is None else out.add_(weight * read(index))
+        index = (start + tap).clamp_(0, size - 1)
+        index = (index.mul_(scale) if scale != 1 else index).add_(fixed)
+        if out is None:
+            out = weight * read(index)
+            pixels, product = torch.empty_like(out), torch.empty_like(out)
+        else:
+            out.add_(torch.mul(weight, read(index, pixels), out=product))
     return out
 
 

@@ -51,9 +51,9 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def _output(out: torch.Tensor | None, batch: int, size: tuple[int, int], device: torch.device) -> torch.Tensor:
     if out is None:
         return torch.empty((batch, 3, *size), dtype=torch.uint8, device=device)
-    if out.shape != (batch, 3, *size) or out.dtype != torch.uint8:
+    if out.shape != (batch, 3, *size) or out.dtype not in (torch.uint8, torch.float32):
         raise ValueError(f"out of shape {tuple(out.shape)} and dtype {out.dtype} is not accepted; "
-                         f"it must be uint8 of shape {(batch, 3, *size)}")
+                         f"it must be uint8 or float32 of shape {(batch, 3, *size)}")
     return out
 
 
@@ -76,7 +76,8 @@ def resized_crops(images: list[torch.Tensor], source: torch.Tensor, boxes: dict,
     bool (B,) or None. source, boxes and flip are read on the host (CPU tensors avoid a
     device sync). Equals torchvision's ``resized_crop`` (bilinear, antialias) then
     ``horizontal_flip`` on the PIL image to within one or two grey levels (module
-    docstring). ``out``: optional preallocated uint8 (B, 3, *size) written in place.
+    docstring). ``out``: optional preallocated uint8 (B, 3, *size) written in place, or float32
+    to receive the same values already converted (one copy per crop instead of two).
     """
     _check_images(images)
     size = (int(size[0]), int(size[1]))

@@ -6,9 +6,9 @@ background, its two contrastive views (Zhu et al., CVPR 2022) and view 0 of each
 foreground for CutMix (Yun et al., ICCV 2019). ``ImageNetStepBuilder`` decodes a step's
 distinct files at once (``decode_images``), draws every view's crop box, flip and colour
 parameters for the whole global batch from the step's generator, keeps the rank's rows,
-resamples each crop to 224x224 into one uint8 batch (``resized_crops``), then applies the
-colour recipe to the whole batch and normalises it. It holds no open resources, so it can be
-sent to DataLoader worker processes.
+resamples each crop to 224x224 straight into the float batch (``resized_crops``), then
+applies the colour recipe and normalises, on the CPU a cache-sized chunk of views at a time.
+It holds no open resources, so it can be sent to DataLoader worker processes.
 """
 
 from __future__ import annotations
@@ -70,10 +70,6 @@ class ImageNetStepBuilder:
         self.randaugment = (config.randaugment_ops, config.randaugment_magnitude)
         self.mean, self.std = recipe.normalization(config.dataset, "imagenet")
         self.targets = targets.to(self.device)
-        self._crops: torch.Tensor | None = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_crops": None}  # workers make their own buffer
 
     def sample_step(self, width: int, generator: torch.Generator, columns: torch.Tensor,
                     sizes: torch.Tensor) -> tuple[dict, dict | None]:
@@ -93,12 +89,6 @@ class ImageNetStepBuilder:
         background_sizes = global_sizes(2 * width, pairs, sizes[: columns.shape[0]].repeat_interleave(2, dim=0))
         contrastive = sample_contrastive_pairs(2 * width, generator, background_sizes, self.variant, *self.randaugment)
         return view0, select_rows(contrastive, pairs)
-
-    def _crop_buffer(self, rows: int) -> torch.Tensor:
-        """Return the first ``rows`` of the preallocated uint8 (n, 3, 224, 224) crop buffer (grown when n < rows)."""
-        if self._crops is None or self._crops.shape[0] < rows:
-            self._crops = torch.empty((rows, 3, *SIZE), dtype=torch.uint8, device=self.device)
-        return self._crops[:rows]
 
     def _views(self, rows: int, shared: bool) -> torch.Tensor:
         """Return a new float32 (rows, 3, 224, 224) batch; in shared memory when ``shared``, so that a DataLoader
@@ -123,10 +113,9 @@ class ImageNetStepBuilder:
         for start in range(0, rows, chunk):
             part = torch.arange(start, min(start + chunk, rows))
             chosen = select_rows(params, part)
-            crops = resized_crops(images, source[part], {k: chosen[k] for k in _CROP_KEYS}, chosen["flip"], SIZE,
-                                  out=self._crop_buffer(part.shape[0]))
-            out = views[start:start + part.shape[0]]
-            normalize_(colour(out.copy_(crops), chosen), self.mean, self.std)
+            out = resized_crops(images, source[part], {k: chosen[k] for k in _CROP_KEYS}, chosen["flip"], SIZE,
+                                out=views[start:start + part.shape[0]])
+            normalize_(colour(out, chosen), self.mean, self.std)
 
     def build(self, data: list[torch.Tensor], files: list[int], background: list[int], foreground: list[int] | None,
               columns: torch.Tensor, width: int, generator: torch.Generator,
