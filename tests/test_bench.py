@@ -64,3 +64,19 @@ def test_quick_bench_keeps_the_fast_pipeline_ahead_while_another_process_keeps_a
         competitor.wait()
     assert competing_throughout
     assert figures["data_ratio"] >= 1.5, (figures, os.getloadavg())
+
+
+@pytest.mark.parametrize("num_images", [24, 12])  # 12 at batch 8: one step an epoch, the counts cross epochs
+def test_imagenet_bench_reports_both_paths_and_the_fast_one_over_the_classic(num_images):
+    from ccmix.experiments.bench_imagenet import run_imagenet_bench
+
+    figures = run_imagenet_bench(num_images=num_images, batch_size=8, device="cpu", num_workers=1)
+    assert figures["recipe"] == "imagenet" and figures["train_images"] == num_images and figures["batch_size"] == 8
+    forms = ("classic", "fast", "fast_worker_built")
+    for form in forms:
+        assert figures[f"pairs_per_second_{form}"] > 0, form
+        assert figures[f"views_per_second_{form}"] == pytest.approx(4 * figures[f"pairs_per_second_{form}"], abs=0.05)
+    assert figures["fastest"] in forms[1:]
+    ratio = figures[f"pairs_per_second_{figures['fastest']}"] / figures["pairs_per_second_classic"]
+    assert figures["fast_ratio"] == pytest.approx(ratio, abs=0.01)
+    assert figures["fast_copies_per_step"] == [0, 0] and min(figures["fast_ops_per_step"]) > 0

@@ -50,8 +50,9 @@ def write_image_tree(root: str, num_images: int, num_classes: int = 10, sides: t
 
 def fast_step_launches(pipeline: FastImageNetPipeline, steps: int = 2) -> dict:
     """Return {"ops_per_step": [...], "copies_per_step": [...]}: torch operator calls touching the pipeline's device
-    (kernels, on a GPU) and host-to-device copies of each of ``steps`` steps, after one uncounted step."""
-    iterator = pipeline.batches(0)
+    (kernels, on a GPU) and host-to-device copies of each of ``steps`` steps, after one uncounted step (epoch
+    after epoch when an epoch has fewer steps)."""
+    iterator = endless_batches(pipeline)
     try:
         next(iterator)
         result = {"ops_per_step": [], "copies_per_step": []}
