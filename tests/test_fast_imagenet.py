@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from ccmix.config.fields import TrainConfig
+from ccmix.data.augment import colour, dispatch, imagenet_views
 from ccmix.data.augment.colour import apply_color_jitter, blend_, blend_image_, blend_rows_
 from ccmix.data.augment.dispatch import one_image_at_a_time
 from ccmix.data.augment.draws import sample_color_jitter
@@ -146,7 +147,9 @@ def test_two_workers_give_the_batches_of_none(tree, build_in_workers):
 
 def test_build_routes_the_imagenet_recipe_with_pipeline_fast_here(tree):
     train = folder_dataset(tree, "train")
-    assert isinstance(build_train_pipeline(train, _config(tree, pipeline="fast"), "cpu"), FastImageNetPipeline)
+    fast = build_train_pipeline(train, _config(tree, pipeline="fast"), "cpu")
+    assert isinstance(fast, FastImageNetPipeline) and not fast.build_in_workers  # no workers to build in
+    assert build_train_pipeline(train, _config(tree, pipeline="fast", num_workers=2), "cpu").build_in_workers
     assert not isinstance(build_train_pipeline(train, _config(tree, pipeline="classic"), "cpu"), FastImageNetPipeline)
 
 
@@ -184,16 +187,23 @@ def test_blends_image_by_image_equal_one_batched_blend_and_leave_identity_rows_a
         assert torch.equal(blend_image_(images[row:row + 1].clone(), *weights), batched[row:row + 1])
 
 
-def test_views_made_in_chunks_equal_views_made_in_one_pass(tree, monkeypatch):
+@pytest.mark.filterwarnings("ignore:.*decoded one at a time:UserWarning")  # the tree's PNG, reported elsewhere
+def test_views_made_in_chunks_equal_views_made_in_one_pass_and_the_batched_ops_of_a_gpu(tree, monkeypatch):
     config = _config(tree, pipeline="fast")
     train = folder_dataset(tree, "train")
     batches = {}
-    for chunk in (3, 10_000):  # 3: every block in pieces, the last one short
+    for name, chunk in (("chunks", 3), ("one pass", 10_000)):  # 3: every block in pieces, the last one short
         monkeypatch.setattr(imagenet_steps, "CPU_CHUNK_ROWS", chunk)
-        batches[chunk] = list(FastImageNetPipeline(train, config, "cpu").batches(0))
-    for small, whole in zip(batches[3], batches[10_000]):
-        for key, value in vars(small).items():
-            assert torch.equal(value, getattr(whole, key)), key
+        batches[name] = list(FastImageNetPipeline(train, config, "cpu").batches(0))
+    # the form a GPU runs: every per-image op over the whole batch at once, no image-by-image loops
+    for module in (colour, dispatch, imagenet_views):
+        monkeypatch.setattr(module, "one_image_at_a_time", lambda images: False)
+    batches["batched"] = list(FastImageNetPipeline(train, config, "cpu").batches(0))
+    assert len(batches["chunks"]) == len(batches["batched"]) >= 2
+    for other in ("one pass", "batched"):
+        for small, whole in zip(batches["chunks"], batches[other]):
+            for key, value in vars(small).items():
+                assert torch.equal(value, getattr(whole, key)), (other, key)
 
 
 def test_worker_built_views_are_made_in_shared_memory(tree):
