@@ -273,3 +273,26 @@ def test_training_a_folder_run_and_the_fast_evaluation_agrees_with_the_classic_o
     assert len(fast["preds"]) == len(classic["preds"]) == 40
     assert (fast["labels"] == classic["labels"]).all()
     assert (fast["preds"] == classic["preds"]).mean() >= 0.99
+
+
+@pytest.mark.integration  # DataLoader worker processes build the steps
+def test_cpu_training_with_workers_builds_steps_in_them_and_completes(tmp_path, monkeypatch):
+    from ccmix.data.pipelines import fast_imagenet
+    from ccmix.train.fit import fit
+
+    root = tmp_path / "data"
+    _write_tree(root, train_images=24, test_images=6, png=False)
+    built = []
+    original = fast_imagenet.FastImageNetPipeline._worker_built
+
+    def counting(self, plan):
+        for batch in original(self, plan):
+            built.append(batch.view0.is_shared())
+            yield batch
+
+    monkeypatch.setattr(fast_imagenet.FastImageNetPipeline, "_worker_built", counting)
+    config = _config(str(root), arch="tiny", epochs=1, batch_size=8, pipeline="fast", imb=1, progress=False,
+                     device="cpu", num_workers=1, topk=3)
+    summary = fit(config, tmp_path / "run")
+    assert summary["status"] == "completed"
+    assert built == [True] * 3  # every step of the epoch came from the worker, in shared memory
