@@ -134,7 +134,9 @@ def blend_image_(image: torch.Tensor, factor: float, luma_weight: float, mean_we
     """Return ``blend_`` of one float image (1, 3, H, W) with weights given as numbers, in place, the same values.
 
     The weights are float32 values (as ``blend_`` casts them); the luma plane is computed
-    only where a weight needs it (not for brightness), its mean only for contrast.
+    only where a weight needs it (not for brightness), its mean only for contrast. With
+    several intra-op threads the mean of a large image is summed in parallel, so it may
+    differ from ``blend_``'s in the last bit; the pipelines build on one thread.
     """
     if luma_weight == 0.0 and mean_weight == 0.0:
         return image.mul_(factor).clamp_(0.0, MAX_VALUE)

@@ -15,8 +15,9 @@ class-balanced foreground for CutMix (Yun et al., ICCV 2019). Per step:
    whole batch before normalising with the dataset's statistics
    (``ccmix.data.pipelines.imagenet_steps``).
 
-For CPU training, ``build_in_workers`` moves steps 2 and 3 into the workers, one step per
-worker, so every core builds batches; the batches are the same.
+For CPU training, ``build_in_workers`` (what ``build_train_pipeline`` chooses there when
+num_workers >= 1) moves steps 2 and 3 into the workers, one step per worker, so every core
+builds batches, each made directly in shared memory; the batches are the same.
 
 ``imagenet_test_batches`` is the matching evaluation source: resize 256, centre crop 224.
 """
@@ -38,6 +39,7 @@ from ccmix.data.pipelines.byte_workers import byte_batches
 from ccmix.data.pipelines.classic import steps_for
 from ccmix.data.pipelines.imagenet_steps import ImageNetStepBuilder, step_generator
 from ccmix.data.pipelines.test_batches import shard_indices
+from ccmix.data.pipelines.threads import BATCH_THREADS, built_with_threads
 from ccmix.data.pipelines.workers import EndWithParent
 from ccmix.data.streams import epoch_generator, foreground_class_probabilities, sample_epoch_indices
 from ccmix.rng import mix_seed
@@ -83,7 +85,9 @@ class FastImageNetPipeline:
     the number of processes or workers.
 
     ``num_workers`` DataLoader workers read the files' bytes and the main process builds the
-    views (``ImageNetStepBuilder``). With ``build_in_workers`` (CPU training only) each worker
+    views (``ImageNetStepBuilder``), on the CPU under ``BATCH_THREADS`` intra-op thread (one
+    image's small operators gain nothing from more, and one thread gives the workers' values
+    exactly). With ``build_in_workers`` (CPU training only) each worker
     builds whole steps instead, with one torch thread, and the main process only collects
     them: the same batches, with every CPU core busy and no intra-op synchronisation.
     ``fallback_images`` counts the files decoded one at a time (not JPEG); the first step that
@@ -151,7 +155,13 @@ class FastImageNetPipeline:
         plan = self.epoch_plan(epoch, rank, world_size)
         if self.build_in_workers:
             yield from self._worker_built(plan)
-            return
+        elif self.device.type == "cpu":  # one intra-op thread, as in a worker: the same values, bit for bit
+            yield from built_with_threads(self._built_here(plan), BATCH_THREADS)
+        else:
+            yield from self._built_here(plan)
+
+    def _built_here(self, plan: list[dict]) -> Iterator[StepBatch]:
+        """Yield the steps of ``plan`` built in this process from the bytes that ``num_workers`` workers read."""
         data = byte_batches(self.paths, [step["files"] for step in plan], self.config.num_workers)
         for step, step_data in zip(plan, data):
             batch, fallbacks = self.builder.build(step_data, step["files"], step["background"], step["foreground"],
