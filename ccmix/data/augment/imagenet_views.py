@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from ccmix.data.augment.colour import adjust_hue, blend_, blend_image_, prepare_color_jitter, to_grayscale
-from ccmix.data.augment.dispatch import apply_grouped, one_image_at_a_time
+from ccmix.data.augment.dispatch import apply_grouped, one_image_at_a_time, to_device
 from ccmix.data.augment.draws import sample_color_jitter, sample_contrastive, sample_resized_crop
 from ccmix.data.augment.policies import apply_randaugment, sample_randaugment
 from ccmix.data.augment.tables import IMAGENET_VIEW0_JITTER, RANDAUGMENT_MAGNITUDE_STD
@@ -155,7 +155,7 @@ def contrastive_colour_(images: torch.Tensor, params: dict) -> torch.Tensor:
         rows = params["randaugment_rows"]
         chosen = torch.arange(rows.shape[0])[rows]  # CPU draws: no device sync
         if chosen.numel():
-            where = chosen.to(images.device)
+            where = to_device(chosen, images.device)  # pinned on CUDA: no wait for queued kernels
             fill = tuple(float(v) for v in mean_fill(IMAGENET_MEAN))
             picked = apply_randaugment(images.index_select(0, where), select_rows(params["randaugment"], chosen), fill)
             images.index_copy_(0, where, picked)
