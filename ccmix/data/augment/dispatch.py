@@ -62,12 +62,12 @@ def apply_grouped(images: torch.Tensor, group: torch.Tensor, handlers: list, par
         return images
     group = group.to("cpu").long()
     group = torch.where((group >= 0) & (group < len(handlers)), group, len(handlers))  # len(handlers): untouched
+    if one_image_at_a_time(images):
+        return _apply_image_by_image(images, group, handlers, params)
     order = torch.argsort(group, stable=True)
     counts = torch.bincount(group, minlength=len(handlers) + 1).tolist()
     if sum(counts[: len(handlers)]) == 0:
         return images
-    if one_image_at_a_time(images):
-        return _apply_image_by_image(images, group, handlers, params)
     device = images.device
     order_device = to_device(order, device)
     sorted_params = {name: to_device(value[order], device) for name, value in params.items()}

@@ -120,12 +120,12 @@ def _resample_2d(read, source_x: torch.Tensor, source_y: torch.Tensor, interpola
     row_offsets = [(start_y + j).clamp_(0, height - 1).mul_(width) for j in range(len(wy))]
     columns = [(start_x + i).clamp_(0, width - 1) for i in range(len(wx))]
     # the index, pixels and product of each tap go to buffers made once (warm in cache); same arithmetic
-    index, pixels, product = torch.empty_like(columns[0]), None, None
-    out = None
+    index = torch.empty_like(columns[0])
+    out = pixels = product = None
     for row_offset, weight_y in zip(row_offsets, wy):
         row = wx[0] * read(torch.add(row_offset, columns[0], out=index))
-        pixels = torch.empty_like(row) if pixels is None else pixels
-        product = torch.empty_like(row) if product is None else product
+        if pixels is None:
+            pixels, product = torch.empty_like(row), torch.empty_like(row)
         for column, weight_x in zip(columns[1:], wx[1:]):
             row.add_(torch.mul(weight_x, read(torch.add(row_offset, column, out=index), pixels), out=product))
         out = row.mul_(weight_y) if out is None else out.add_(row.mul_(weight_y))

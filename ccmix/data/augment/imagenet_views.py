@@ -39,6 +39,7 @@ from ccmix.data.views import (
 )
 
 _HUE_HANDLERS = [lambda images, p: adjust_hue(images, p["hue"])]
+_FILL = tuple(float(v) for v in mean_fill(IMAGENET_MEAN))  # RandAugment's fill: the ImageNet mean colour, 0..255
 _GRAYSCALE_HANDLERS = [lambda images, p: to_grayscale(images)]
 
 
@@ -139,7 +140,7 @@ def view0_colour_(images: torch.Tensor, params: dict) -> torch.Tensor:
     RandAugment filling with the ImageNet mean colour.
     """
     color_jitter_(images, params)
-    return apply_randaugment(images, params["randaugment"], tuple(float(v) for v in mean_fill(IMAGENET_MEAN)))
+    return apply_randaugment(images, params["randaugment"], _FILL)
 
 
 def contrastive_colour_(images: torch.Tensor, params: dict) -> torch.Tensor:
@@ -156,8 +157,7 @@ def contrastive_colour_(images: torch.Tensor, params: dict) -> torch.Tensor:
         chosen = torch.arange(rows.shape[0])[rows]  # CPU draws: no device sync
         if chosen.numel():
             where = to_device(chosen, images.device)  # pinned on CUDA: no wait for queued kernels
-            fill = tuple(float(v) for v in mean_fill(IMAGENET_MEAN))
-            picked = apply_randaugment(images.index_select(0, where), select_rows(params["randaugment"], chosen), fill)
+            picked = apply_randaugment(images.index_select(0, where), select_rows(params["randaugment"], chosen), _FILL)
             images.index_copy_(0, where, picked)
     return images
 
